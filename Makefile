@@ -1,0 +1,36 @@
+# Every target installs first: `make train` and `make test` work from a fresh clone with only python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install train eval predict test bench clean
+
+install: $(INSTALLED)
+
+# torch is pinned to 2.13.0, the CPU wheel on this machine's disk: an open range would make pip pull a
+# multi-GB CUDA build from PyPI.
+$(INSTALLED): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check 'torch==2.13.0'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+train: install  ## train the default model on data/sample into runs/latest (replacing it)
+	$(BIN)/lstmcli train --layers 2 --bidirectional --overwrite $(ARGS)
+
+eval: install  ## metrics of runs/latest on its test split
+	$(BIN)/lstmcli eval $(ARGS)
+
+predict: install  ## label TEXT with runs/latest
+	$(BIN)/lstmcli predict "$(or $(TEXT),a wonderful, moving film)"
+
+test: install
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: install
+	$(BIN)/python bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache build lstmcli.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,290 @@
+"""The run directory: what training leaves on disk, written so that nothing is ever half-written.
+
+    runs/latest/
+      config.json        settings, label names, versions, data fingerprint, SHA-256 of the weights
+      model.safetensors  the best weights so far (by validation accuracy)
+      tokenizer.json     the tokenizer exactly as training used it
+      metrics.json       final validation and test metrics
+      log.jsonl          one JSON line per evaluation
+      resume.json        the training position (epoch, batch, step, best so far), naming ...
+      state-<step>/      ... the model, optimizer and RNG tensors of that position
+      cache/             tokenized splits, removed when the run finishes (the last state is kept, so
+                         `--resume --epochs N` can extend a finished run)
+
+Every file is written to a temporary name, fsynced and renamed over the old one. Tensors are stored
+only as safetensors and everything else as JSON: loading a run never unpickles anything, and each file
+is checked (checksum, keys, shapes, dtypes, label names) before a byte of it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from . import __version__
+from .config import Config, from_mapping
+from .data import Labels
+from .errors import UserError
+from .tokenizer import tokenizer_from_json
+
+CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
+    "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "resume.json")
+CACHE = "cache"
+FORMAT = "lstmcli-run"
+FORMAT_VERSION = 1
+STATE_PREFIX = "state-"
+
+
+# -- writing -------------------------------------------------------------------------------------------
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` so that a crash at any moment leaves either the old or the new file."""
+    if isinstance(data, str):
+        data = data.encode()
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        # os.open with 0o666 lets the user's umask decide the permissions, as for any file they create.
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({e.strerror or e}): free some disk space or choose another "
+                        "--output-dir; the previous files are unchanged.") from None
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_json(path: Path, value) -> None:
+    atomic_write(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> None:
+    """Make sure training may write into `directory`; refuse to replace anything without --overwrite."""
+    holds_run = (directory / CONFIG).exists() or (directory / RESUME).exists()
+    if resume:
+        if not (directory / RESUME).exists():
+            raise UserError(f"nothing to resume in {directory} (no {RESUME}): start a new run without "
+                            "--resume, or point --output-dir at the run to continue.")
+        return
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--output-dir {directory} is a file: choose a directory.")
+    if holds_run and not overwrite:
+        raise UserError(f"{directory} already holds a run: pass --overwrite to replace it, --resume to "
+                        "continue it, or choose another --output-dir.")
+    if directory.exists() and not holds_run and any(directory.iterdir()) and not overwrite:
+        raise UserError(f"{directory} is not empty and holds no lstmcli run: choose an empty or new "
+                        "--output-dir, or pass --overwrite to write into it anyway.")
+    if holds_run:
+        remove_run_files(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def remove_run_files(directory: Path) -> None:
+    """Delete what a run writes, and nothing else the user keeps in the directory."""
+    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME):
+        (directory / name).unlink(missing_ok=True)
+    for path in directory.iterdir():
+        if path.name.startswith(STATE_PREFIX) or path.name == CACHE or path.name.startswith(".") and ".tmp-" in path.name:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_record(config: Config, labels: Labels, vocab_size: int, data: dict) -> dict:
+    """The content of config.json, without the weights' checksums."""
+    import datasets
+    import tokenizers
+
+    return dict(format=FORMAT, format_version=FORMAT_VERSION, lstmcli_version=__version__,
+                versions=dict(torch=torch.__version__, datasets=datasets.__version__,
+                              tokenizers=tokenizers.__version__),
+                settings=config.to_dict(), labels=dict(names=labels.names, keys=labels.keys),
+                vocab_size=vocab_size, data=data, weights={})
+
+
+def save_weights(directory: Path, record: dict, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write model.safetensors and its checksum in config.json, consistent after a crash at any point.
+
+    config.json first lists both the old and the new checksum, then the weights are replaced, then the
+    old checksum is dropped: whichever step a crash interrupts, the weights on disk match a listed one.
+    """
+    data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
+                            metadata={"format": FORMAT})
+    new = sha256(data)
+    old = [h for h in record["weights"].get(WEIGHTS, []) if h != new]
+    record["weights"][WEIGHTS] = [new, *old[:1]]
+    write_json(directory / CONFIG, record)
+    atomic_write(directory / WEIGHTS, data)
+    record["weights"][WEIGHTS] = [new]
+    write_json(directory / CONFIG, record)
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: {what}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is corrupt ({e}): retrain the run, or restore the file from a copy.") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is corrupt (not a JSON object): retrain the run.")
+    return value
+
+
+def read_tensors(path: Path, expected_sha256: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, after checking its checksum; never a pickle."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing: retrain the run, or copy the whole run directory.") from None
+    if expected_sha256 is not None and sha256(data) not in expected_sha256:
+        raise UserError(f"{path} is corrupt (its SHA-256 does not match config.json; truncated or "
+                        "modified?): retrain the run, or restore the file from a copy.")
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} is not a valid safetensors file ({str(e)[:120]}): retrain the run; lstmcli "
+                        "never loads pickled files.") from None
+
+
+@dataclass
+class Run:
+    """A trained run, checked and ready: settings, labels, tokenizer and the record from config.json."""
+    directory: Path
+    config: Config
+    labels: Labels
+    tokenizer: object
+    record: dict
+
+    def build_model(self, device: torch.device | str = "cpu") -> torch.nn.Module:
+        """The classifier with the run's best weights, validated against the shapes it must have."""
+        from .model import LSTMClassifier
+
+        model = LSTMClassifier(self.config, self.record["vocab_size"], len(self.labels.names))
+        tensors = read_tensors(self.directory / WEIGHTS, self.record["weights"].get(WEIGHTS))
+        check_state_dict(tensors, model.state_dict(), self.directory / WEIGHTS)
+        model.load_state_dict(tensors)
+        return model.to(device).eval()
+
+
+def check_state_dict(tensors: dict, expected: dict, path: Path) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise UserError(f"{path} does not fit the model in config.json (missing {missing[:4]}, unexpected "
+                        f"{extra[:4]}): the files come from different runs; retrain or restore the run.")
+    for name, tensor in tensors.items():
+        want = expected[name]
+        if tensor.shape != want.shape or tensor.dtype != want.dtype:
+            raise UserError(f"{path}: {name} has shape {tuple(tensor.shape)} {tensor.dtype}, the model in "
+                            f"config.json needs {tuple(want.shape)} {want.dtype}: the files come from "
+                            "different runs; retrain or restore the run.")
+
+
+def load_run(directory: str | Path) -> Run:
+    """Open and validate a finished (or in-progress) run directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(f"run directory {directory} not found: train one with lstmcli train --output-dir "
+                        f"{directory}, or pass --model-dir.")
+    record = read_json(directory / CONFIG, "this is not an lstmcli run directory; pass --model-dir of a "
+                                           "trained run.")
+    if record.get("format") != FORMAT:
+        raise UserError(f"{directory / CONFIG} is not an lstmcli run: pass --model-dir of a trained run.")
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
+        raise UserError(f"{directory} was written by {'a newer' if newer else 'an incompatible'} lstmcli "
+                        f"(run format {version}, this is {FORMAT_VERSION}): "
+                        f"{'upgrade lstmcli' if newer else 'retrain the run with this version'}.")
+    try:
+        config = Config(**from_mapping(record["settings"], str(directory / CONFIG))).validate()
+        labels = Labels(list(map(str, record["labels"]["names"])), list(record["labels"]["keys"]))
+        vocab_size = int(record["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{directory / CONFIG} lacks {e} or has it in the wrong form: retrain the run.") from None
+    if len(labels.names) < 2 or len(labels.names) != len(labels.keys):
+        raise UserError(f"{directory / CONFIG} has no usable label names: retrain the run.")
+    if not (directory / WEIGHTS).exists():
+        raise UserError(f"{directory / WEIGHTS} is missing (no evaluation finished yet?): wait for training "
+                        "to evaluate once, or retrain the run.")
+    try:
+        tokenizer_text = (directory / TOKENIZER).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        raise UserError(f"{directory / TOKENIZER} is missing or unreadable: retrain the run, or copy the "
+                        "whole run directory.") from None
+    tokenizer = tokenizer_from_json(tokenizer_text, str(directory / TOKENIZER))
+    if tokenizer.get_vocab_size() != vocab_size:
+        raise UserError(f"{directory / TOKENIZER} has {tokenizer.get_vocab_size()} tokens but the model was "
+                        f"trained with {vocab_size}: the files come from different runs; retrain the run.")
+    return Run(directory, config, labels, tokenizer, record)
+
+
+# -- resumable training state ---------------------------------------------------------------------------
+
+def save_state(directory: Path, position: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Write a resumable state as one unit: tensors into a new state-<step>/ folder, then resume.json.
+
+    resume.json names the folder and holds each file's checksum; its atomic replacement is the moment
+    the new state takes effect. Older folders are deleted only after that.
+    """
+    folder = directory / f"{STATE_PREFIX}{position['step']:010d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    checksums = {}
+    for name, group in tensors.items():
+        data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in group.items()})
+        atomic_write(folder / f"{name}.safetensors", data)
+        checksums[name] = sha256(data)
+    write_json(directory / RESUME, {**position, "state": folder.name, "checksums": checksums})
+    for old in directory.glob(f"{STATE_PREFIX}*"):
+        if old != folder:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(directory: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
+    """The position and tensors of the last saved state, each file checked against its checksum."""
+    position = read_json(directory / RESUME, "nothing to resume; start a new run without --resume.")
+    try:
+        folder = directory / position["state"]
+        checksums = position["checksums"]
+    except (KeyError, TypeError):
+        raise UserError(f"{directory / RESUME} is corrupt: start a new run (--overwrite).") from None
+    if Path(position["state"]).name != position["state"] or not position["state"].startswith(STATE_PREFIX):
+        raise UserError(f"{directory / RESUME} names a state outside the run: start a new run (--overwrite).")
+    tensors = {name: read_tensors(folder / f"{name}.safetensors", [digest]) for name, digest in checksums.items()}
+    return position, tensors
+
+
+def remove_cache(directory: Path) -> None:
+    """Drop the tokenized splits once a run finishes; the last state stays, so --resume can extend it."""
+    shutil.rmtree(directory / CACHE, ignore_errors=True)

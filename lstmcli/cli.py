@@ -1,0 +1,186 @@
+"""The command line: parse flags, call the library, print results. Nothing here that tests need to reach.
+
+`train` gets one option per field of `config.Config` (built by `with_settings`), so the flag table,
+recipe files and config.json can never drift apart. Errors the user can fix print as one line with a
+non-zero exit code; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import typer
+
+from .config import Config, option_name, read_recipe
+from .errors import Interrupted, UserError
+
+app = typer.Typer(help="Train, evaluate and run (Bi)LSTM text classifiers.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+
+ModelDir = Annotated[Path, typer.Option(help="Run directory written by lstmcli train.")]
+Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu or cuda.")]
+Threads = Annotated[int, typer.Option(help="CPU threads (0: the idle cores this process may use).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables / text lines.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
+GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", training="Training", runtime="Runtime")
+
+
+def with_settings(command):
+    """Give `command` one typer option per Config field; it receives the ones given on the command line
+    as `settings` (a dict), so a recipe file's values are only overridden by flags the user typed."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+           for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+    options = []
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        declarations = [meta["flag"]] if meta["flag"] else [option_name(field.name)]
+        choices = meta["choices"]
+        help_text = meta["help"] + (f" [default: {field.default}]" if meta["flag"] else "")
+        option = typer.Option(*declarations, help=help_text, rich_help_panel=GROUP_TITLES[meta["group"]],
+                              show_default=not meta["flag"])
+        kind = Literal[choices] if choices else Optional[str] if field.default is None else type(field.default)
+        options.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                                         annotation=Annotated[kind, option]))
+
+    context = inspect.Parameter("context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+
+    @functools.wraps(command)
+    def wrapper(context: typer.Context, **values):
+        settings = {f.name: values.pop(f.name) for f in dataclasses.fields(Config)}
+        given = {name: value for name, value in settings.items()
+                 if context.get_parameter_source(name).name != "DEFAULT"}
+        return command(settings=given, **values)
+
+    wrapper.__signature__ = inspect.Signature([context] + own + options)
+    wrapper.__annotations__ = {p.name: p.annotation for p in [context] + own + options}
+    return wrapper
+
+
+@app.command()
+@with_settings
+def train(
+    settings: dict,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="TOML recipe with settings by flag name (e.g. recipes/imdb.toml); flags typed on the "
+                         "command line override it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir from its last saved "
+                                                          "state.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --output-dir.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or status lines.")] = False,
+    debug: Debug = False,
+):
+    """Train a classifier and write its run directory (model, tokenizer, config, metrics)."""
+    from .train import settings_for, train as run_training
+
+    recipe = read_recipe(config) if config else {}
+    final = run_training(settings_for(recipe, settings, resume), resume=resume, overwrite=overwrite, quiet=quiet)
+    print(json.dumps({k: final[k]["accuracy"] if final[k] else None for k in ("validation", "test")}))
+
+
+@app.command("eval")
+def evaluate(
+    model_dir: ModelDir = Path("runs/latest"),
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Data to evaluate (Hub name, folder or file). Default: the run's own dataset.")] = None,
+    dataset_config: Annotated[Optional[str], typer.Option(help="Hub dataset configuration.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split to evaluate. Default: the run's test split, else its validation split. A single data "
+             "file is evaluated whole.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column. Default: the run's, else detected.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column. Default: the run's, else detected.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
+    device: Device = "auto",
+    threads: Threads = 0,
+    as_json: Json = False,
+    debug: Debug = False,
+):
+    """Accuracy, macro-F1, per-class scores and the confusion matrix of a trained run on a dataset."""
+    from .evaluate import evaluate_run
+    from .terminal import print_metrics
+
+    result = evaluate_run(model_dir, dataset=dataset, dataset_config=dataset_config, split=split,
+                          text_column=text_column, label_column=label_column, batch_size=batch_size,
+                          device=device, threads=threads)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_metrics(result, f"{result['dataset']} [{result['split']}]")
+
+
+@app.command()
+def predict(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to label; '-' reads lines from stdin.")] = None,
+    file: Annotated[Optional[str], typer.Option(
+        help="Read texts from a file: one per line, or a csv/tsv/json/jsonl/parquet file's text column; "
+             "'-' for stdin.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of a structured --file.")] = None,
+    model_dir: ModelDir = Path("runs/latest"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
+    device: Device = "auto",
+    threads: Threads = 0,
+    as_json: Json = False,
+    debug: Debug = False,
+):
+    """Label texts: one line per text with the label and its probability (--json: every class's)."""
+    from .predict import Predictor, input_chunks
+
+    chunks = input_chunks(texts or [], file, text_column)
+    first = next(chunks, None)  # read input before loading the model, so bad input fails fast
+    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size)
+    for p in predictor.predict_stream(itertools.chain([first], chunks)):
+        if as_json:
+            print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,
+                                  probabilities=p.probabilities), ensure_ascii=False))
+        else:
+            print(f"{p.label}\t{p.probability:.4f}\t{' '.join(p.text.split())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning errors into one line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="lstmcli", standalone_mode=False)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except typer.Abort:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.TyperException as e:
+        if debug:
+            raise
+        command = next((a for a in argv if a in ("train", "eval", "predict")), "")
+        print(f"error: {e.format_message()} (see lstmcli {command} --help)".replace("  ", " "), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e}. Rerun with --debug for the traceback, and please "
+              "report it.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""How good a model is: accuracy, macro-F1, per-class precision / recall / F1, and the confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .batching import eval_plan, prefetch, to_device
+from .runtime import Runtime
+from .tokenizer import Encoded, encode
+
+
+@torch.inference_mode()
+def logits_of(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], runtime: Runtime
+              ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+    """(float32 logits on CPU, the batch's other tensors) for each (ids, lengths, *rest) batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        for ids, lengths, *rest in batches:
+            ids, lengths = to_device((ids, lengths), runtime.device)
+            with runtime.autocast():
+                logits = model(ids, lengths)
+            yield logits.float().cpu(), tuple(rest)
+    finally:
+        model.train(was_training)
+
+
+def confusion(model, encoded: Encoded, class_ids: np.ndarray, num_classes: int, batch_size: int,
+              runtime: Runtime) -> tuple[np.ndarray, float]:
+    """Confusion matrix (rows: true class, columns: predicted) and the summed loss over one split."""
+    def make_batch(rows):
+        ids, lengths = encoded.batch(rows)
+        return ids, lengths, torch.from_numpy(class_ids[rows])
+
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    loss = 0.0
+    batches = prefetch(make_batch, eval_plan(encoded.lengths, batch_size))
+    for logits, (targets,) in logits_of(model, batches, runtime):
+        loss += F.cross_entropy(logits, targets, reduction="sum").item()
+        matrix += torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+    return matrix.view(num_classes, num_classes).numpy(), loss
+
+
+def confusion_of_chunks(model, tokenizer, chunks: Iterable[tuple[list[str], list[int]]], num_classes: int,
+                        max_length: int, batch_size: int, runtime: Runtime) -> tuple[np.ndarray, float]:
+    """The same as `confusion`, over (texts, class ids) chunks streamed from any dataset."""
+    matrix, loss = np.zeros((num_classes, num_classes), dtype=np.int64), 0.0
+    for texts, class_ids in chunks:
+        part, part_loss = confusion(model, encode(tokenizer, texts, max_length), np.asarray(class_ids),
+                                    num_classes, batch_size, runtime)
+        matrix += part
+        loss += part_loss
+    return matrix, loss
+
+
+def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> dict:
+    """Accuracy, macro-F1 and per-class scores from a confusion matrix (rows true, columns predicted)."""
+    matrix = np.asarray(matrix, dtype=np.int64)
+    total = int(matrix.sum())
+    correct = np.diag(matrix)
+    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    precision = np.divide(correct, predicted, out=np.zeros(len(names)), where=predicted > 0)
+    recall = np.divide(correct, support, out=np.zeros(len(names)), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(names)),
+                   where=precision + recall > 0)
+    # Like scikit-learn, average over the classes that occur in the truth or the predictions.
+    present = (support > 0) | (predicted > 0)
+    result = dict(
+        accuracy=float(correct.sum() / total) if total else 0.0,
+        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+        per_class={name: dict(precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
+                              support=int(support[i])) for i, name in enumerate(names)},
+        confusion_matrix=matrix.tolist(),
+        labels=list(names),
+        num_examples=total,
+    )
+    if loss is not None and total:
+        result["loss"] = loss / total
+    return result
+
+
+def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,
+                 split: str | None = None, text_column: str | None = None, label_column: str | None = None,
+                 batch_size: int = 256, device: str = "auto", threads: int = 0) -> dict:
+    """Metrics of a trained run on a split: by default the run's test split (else its validation data);
+    any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
+    from .checkpoint import load_run
+    from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
+    from .runtime import setup
+
+    run = load_run(model_dir)
+    settings, recorded = run.config, run.record["data"]
+    own_data = dataset is None
+    source = open_source(settings.dataset if own_data else dataset,
+                         settings.dataset_config if own_data else dataset_config)
+    holdout = None
+    if split is None:
+        if source.is_single_file and not own_data:
+            split = next(iter(source.splits))
+        elif own_data:
+            recorded_splits = recorded["splits"]
+            split = recorded_splits["test"] or recorded_splits["validation"]
+            if split not in source.splits:  # the run validated on a hashed share of its train split
+                split, holdout = recorded_splits["train"], (settings.val_fraction, True)
+        else:
+            split = next((s for s in ("test", "validation", "valid", "dev") if s in source.splits),
+                         next(iter(source.splits)))
+    stream = source.split(split)
+    what = source.describe(split)
+    columns = column_names(stream, what)
+    text_column = text_column or (recorded["text_column"] if recorded["text_column"] in columns else None)
+    label_column = label_column or (recorded["label_column"] if recorded["label_column"] in columns else None)
+    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
+    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
+
+    lookup = run.labels.lookup()
+
+    def class_ids(keys: list) -> list[int]:
+        try:
+            return [lookup[k] if k in lookup else lookup[str(k)] for k in keys]
+        except KeyError as e:
+            raise UserError(f"{what} has label {e.args[0]!r}, which is not among the run's labels "
+                            f"({', '.join(run.labels.names)}): evaluate on data with the same label set.") from None
+
+    chunks = ((texts, class_ids(keys)) for texts, keys in read_rows(stream, what, text_column, label_column,
+                                                                    holdout=holdout))
+    runtime = setup(device, settings.precision, threads)
+    model = run.build_model(runtime.device)
+    matrix, loss = confusion_of_chunks(model, run.tokenizer, chunks, len(run.labels.names), settings.max_length,
+                                       batch_size, runtime)
+    if matrix.sum() == 0:
+        raise UserError(f"{what} has no usable rows: check the data and --text-column / --label-column.")
+    result = metrics(matrix, run.labels.names, loss)
+    result.update(dataset=source.name, split=split + (" (held-out share)" if holdout else ""))
+    return result

@@ -1,0 +1,100 @@
+"""The classifier: embedding -> (Bi)LSTM -> pooling over the text -> linear.
+
+The LSTM runs on dense padded batches, which were measured 1.3-7x faster per token than packed
+sequences on CPU (packing leaves oneDNN's fast path), and padding still never changes a text's result:
+the forward direction meets padding only after a text ends and those outputs are masked out of the
+pooling, while the backward direction runs over each text reversed within its own length. The weights
+live in one ordinary `nn.LSTM`, so every flag maps onto its arguments and the state dict has its names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import Config
+from .tokenizer import PAD_ID
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(self, config: Config, vocab_size: int, num_classes: int):
+        super().__init__()
+        self.pooling = config.pooling
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=PAD_ID)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout)
+        self.lstm = nn.LSTM(config.embed_dim, config.hidden_size, num_layers=config.layers, bias=config.bias,
+                            batch_first=True, bidirectional=config.bidirectional,
+                            dropout=config.dropout if config.layers > 1 else 0.0)
+        directions = 2 if config.bidirectional else 1
+        if config.init_state == "learned":
+            shape = (config.layers * directions, 1, config.hidden_size)
+            self.h0 = nn.Parameter(torch.zeros(shape))
+            self.c0 = nn.Parameter(torch.zeros(shape))
+        else:
+            self.h0 = self.c0 = None
+        features = config.hidden_size * directions * (2 if config.pooling == "mean-max" else 1)
+        self.classifier = nn.Linear(features, num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, classes) for token ids (batch, time) right-padded to their lengths (>= 1)."""
+        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        x = self.embedding_dropout(self.embedding(ids))
+        h0, c0 = self._initial_state(ids.shape[0], x)
+        if self.lstm.bidirectional:
+            outputs = self._bidirectional(x, lengths, mask, h0, c0)
+        else:
+            outputs, _ = self.lstm(x, (h0, c0))
+        return self.classifier(self._pool(outputs, lengths, mask))
+
+    def _initial_state(self, batch: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        directions = 2 if self.lstm.bidirectional else 1
+        if self.h0 is None:
+            zeros = x.new_zeros(self.lstm.num_layers * directions, batch, self.lstm.hidden_size)
+            return zeros, zeros
+        return (self.h0.expand(-1, batch, -1).contiguous().to(x.dtype),
+                self.c0.expand(-1, batch, -1).contiguous().to(x.dtype))
+
+    def _bidirectional(self, x, lengths, mask, h0, c0) -> torch.Tensor:
+        steps = torch.arange(x.shape[1], device=x.device)[None, :]
+        # Position t of a text read backwards is position length-1-t; padding stays where it is.
+        reverse = torch.where(mask, lengths[:, None] - 1 - steps, steps)
+        for layer in range(self.lstm.num_layers):
+            forward = self._direction(x, layer, "", h0[2 * layer:2 * layer + 1], c0[2 * layer:2 * layer + 1])
+            backward = self._direction(_gather_time(x, reverse), layer, "_reverse",
+                                       h0[2 * layer + 1:2 * layer + 2], c0[2 * layer + 1:2 * layer + 2])
+            x = torch.cat([forward, _gather_time(backward, reverse)], dim=2)
+            if layer < self.lstm.num_layers - 1:
+                x = F.dropout(x, self.lstm.dropout, self.training)
+        return x
+
+    def _direction(self, x, layer: int, suffix: str, h0, c0) -> torch.Tensor:
+        """One direction of one layer of self.lstm, run forward over x with that direction's weights."""
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.lstm.bias else [])
+        weights = [getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names]
+        output, _, _ = torch.lstm(x, (h0, c0), weights, self.lstm.bias, 1, 0.0, self.training, False, True)
+        return output
+
+    def _pool(self, outputs: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "last":
+            # The forward direction ends at each text's last token, the backward one at its first.
+            last = outputs[torch.arange(outputs.shape[0], device=outputs.device), lengths - 1]
+            if not self.lstm.bidirectional:
+                return last
+            hidden = self.lstm.hidden_size
+            return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=1)
+        pooled = []
+        if self.pooling in ("mean", "mean-max"):
+            summed = outputs.masked_fill(~mask[:, :, None], 0).sum(dim=1)
+            pooled.append(summed / lengths[:, None].to(summed.dtype))
+        if self.pooling in ("max", "mean-max"):
+            pooled.append(outputs.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1))
+        return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
+
+
+def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2]))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
