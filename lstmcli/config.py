@@ -90,7 +90,7 @@ class Config:
                              low=0, resumable=True)
     batch_size: int = setting(64, "Texts per batch (per process under torchrun).", group="training",
                               low=1, high=1_000_000)
-    lr: float = setting(2e-3, "Peak learning rate of AdamW.", group="training", low=0.0, high=10.0)
+    lr: float = setting(1e-2, "Peak learning rate of AdamW.", group="training", low=0.0, high=10.0)
     weight_decay: float = setting(0.01, "AdamW weight decay.", group="training", low=0.0, high=1.0)
     schedule: str = setting("linear", "Learning-rate schedule after warm-up: linear or cosine decay to "
                             "zero, or constant.", group="training", choices=("linear", "cosine", "constant"))

@@ -77,8 +77,9 @@ def open_source(dataset: str, dataset_config: str | None = None) -> Source:
 
 
 def _looks_local(path: Path, given: str) -> bool:
-    """A missing path the user meant as local: a data-file suffix, ./ ../ / ~, or an existing first folder."""
-    return (_suffix(path) in FORMATS or given.startswith((".", "/", "~"))
+    """A missing path the user meant as local: a data-file suffix, ./ ../ / ~, an existing first folder, or
+    more parts than a Hub name's owner/name."""
+    return (_suffix(path) in FORMATS or given.startswith((".", "/", "~")) or len(path.parts) > 2
             or len(path.parts) > 1 and Path(path.parts[0]).is_dir())
 
 
@@ -119,6 +120,8 @@ def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
             raise UserError(f"cannot read split {split!r} ({names}): use one of the formats "
                             "csv, tsv, json, jsonl, parquet (optionally .gz), one per split.")
         builder, options = FORMATS[suffixes.pop()]
+        if all(p.stat().st_size == 0 for p in paths):
+            raise UserError(f"{', '.join(map(str, paths))} is empty: give a dataset with at least one row.")
         if builder == "csv":
             options = {**CSV_OPTIONS, **options}
         with read_errors(", ".join(map(str, paths))):
@@ -170,6 +173,8 @@ def read_errors(what: str):
         except UnicodeDecodeError as e:
             raise UserError(f"{what} is not valid UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
                             f"{e.start}): re-encode it, e.g. iconv -f cp1252 -t utf-8.") from None
+        except StopIteration:  # what the json builder raises on a file without rows
+            raise UserError(f"{what} has no rows: give a dataset with at least one row.") from None
         except FileNotFoundError as e:
             raise UserError(f"{what}: file not found ({_first_line(e)}): check the path.") from None
         except (pandas.errors.ParserError, pandas.errors.ParserWarning) as e:

@@ -9,6 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from .batching import eval_plan, prefetch, to_device
+from .errors import UserError
 from .runtime import Runtime
 from .tokenizer import Encoded, encode
 

@@ -1,0 +1,43 @@
+"""The settings table: validation and the order in which defaults, recipes and flags apply."""
+
+import pytest
+
+from lstmcli.config import Config, differences, merge, read_recipe
+from lstmcli.errors import UserError
+
+
+def test_defaults_are_valid_and_bounds_are_checked():
+    Config().validate()
+    for bad, message in [(dict(layers=0), "--layers 0 is too small"), (dict(dropout=1.5), "--dropout 1.5"),
+                         (dict(pooling="sum"), "--pooling 'sum' is not one of"),
+                         (dict(device="tpu"), "--device 'tpu'")]:
+        with pytest.raises(UserError, match=message):
+            Config(**bad).validate()
+
+
+def test_recipe_values_are_overridden_by_the_command_line(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('hidden-size = 64\nbidirectional = true\nlr = 1\ndataset = "x"\n')
+    values = read_recipe(recipe)
+    assert values == dict(hidden_size=64, bidirectional=True, lr=1.0, dataset="x")
+    config = merge(values, dict(hidden_size=32))
+    assert (config.hidden_size, config.bidirectional, config.lr, config.layers) == (32, True, 1.0, 1)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("hiden_size = 3\n", "unknown setting 'hiden_size'"),
+    ("layers = 'two'\n", "should be int"),
+    ("layers = \n", "not valid TOML"),
+])
+def test_bad_recipes_are_explained(tmp_path, text, message):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_recipe(recipe)
+
+
+def test_resume_differences_ignore_resumable_settings():
+    saved = Config()
+    assert differences(saved, Config(epochs=20, device="cpu", patience=9)) == []
+    assert differences(saved, Config(hidden_size=64, dataset="other")) == [
+        "--dataset: 'data/sample' -> 'other'", "--hidden-size: 128 -> 64"]
