@@ -258,17 +258,33 @@ def save_state(directory: Path, position: dict, tensors: dict[str, dict[str, tor
     the new state takes effect. Older folders are deleted only after that.
     """
     folder = directory / f"{STATE_PREFIX}{position['step']:010d}"
+    current = _current_state(directory)
+    if folder.name == current:  # saving the same step again: keep the committed folder until the new one is
+        folder = folder.with_name(folder.name + "b")
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
     checksums = {}
-    for name, group in tensors.items():
-        data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in group.items()})
-        atomic_write(folder / f"{name}.safetensors", data)
-        checksums[name] = sha256(data)
-    write_json(directory / RESUME, {**position, "state": folder.name, "checksums": checksums})
+    try:
+        folder.mkdir()
+        for name, group in tensors.items():
+            data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in group.items()})
+            atomic_write(folder / f"{name}.safetensors", data)
+            checksums[name] = sha256(data)
+        write_json(directory / RESUME, {**position, "state": folder.name, "checksums": checksums})
+    except (OSError, UserError) as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        message = str(e) if isinstance(e, UserError) else f"could not write {folder} ({e.strerror or e})"
+        raise UserError(f"{message.split(':')[0]}: free some disk space or choose another --output-dir; the "
+                        "previous saved state is intact, continue later with --resume.") from None
     for old in directory.glob(f"{STATE_PREFIX}*"):
         if old != folder:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _current_state(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / RESUME).read_text())["state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_state(directory: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:

@@ -8,8 +8,11 @@ broken into one readable error.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import hashlib
+import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -126,9 +129,19 @@ def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
             options = {**CSV_OPTIONS, **options}
         with read_errors(", ".join(map(str, paths))):
             splits[split] = datasets.load_dataset(builder, data_files={split: [str(p) for p in paths]},
-                                                  split=split, streaming=True, **options)
+                                                  split=split, streaming=True, cache_dir=_scratch_dir(),
+                                                  **options)
         files[split] = [str(p) for p in paths]
     return Source(name, splits, files, _fingerprint_files([p for ps in split_files.values() for p in ps]))
+
+
+@functools.cache
+def _scratch_dir() -> str:
+    """A cache folder for the datasets library that lives as long as this process: streaming local files
+    leaves lock files there, and lstmcli writes nothing outside --output-dir that outlives the run."""
+    folder = tempfile.TemporaryDirectory(prefix="lstmcli-")
+    atexit.register(folder.cleanup)
+    return folder.name
 
 
 def _fingerprint_files(paths: list[Path]) -> str:

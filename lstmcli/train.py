@@ -24,8 +24,8 @@ from torch.nn import functional as F
 from . import checkpoint, distributed, tokenized
 from .batching import epoch_plan, prefetch, to_device
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
-from .data import HOLDOUT, Labels, RowCounts, SplitChoice, choose_splits, column_names, open_source, \
-    pick_column, read_rows, texts_only, class_label_names, LABEL_COLUMNS, TEXT_COLUMNS
+from .data import HOLDOUT, LABEL_COLUMNS, TEXT_COLUMNS, Labels, RowCounts, Source, SplitChoice, choose_splits, \
+    class_label_names, column_names, open_source, pick_column, read_rows, texts_only
 from .errors import Interrupted, UserError
 from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
@@ -61,6 +61,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     runtime = setup(config.device, config.precision, config.threads)
     distributed.start(runtime)
     report = Reporter(quiet or not runtime.is_main)
+    source = open_training_source(config)  # bad data fails here, before anything is written
     out = Path(config.output_dir)
     if runtime.is_main:
         checkpoint.prepare_output_dir(out, overwrite=overwrite, resume=resume)
@@ -73,7 +74,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     # 2-4. data, tokenizer, tokenized splits and labels -----------------------------------------------
     saved = checkpoint.read_json(out / checkpoint.CONFIG, "") if resume else None
-    data = prepare_data(config, runtime, report, out, saved)
+    data = prepare_data(source, config, runtime, report, out, saved)
     labels, record = data.labels, data.record
     if runtime.is_main and not resume:
         checkpoint.atomic_write(out / checkpoint.TOKENIZER, data.tokenizer.to_str())
@@ -109,7 +110,10 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                    "in all")
 
     # 6. the loop -------------------------------------------------------------------------------------
-    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0)
+    # Where training stands; saved in every resumable state. `running` sums the current epoch's loss and
+    # accuracy, so that a resumed epoch reports the same figures as an uninterrupted one.
+    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
+                    running=dict(loss=0.0, correct=0, seen=0))
     if resume:
         position = restore(out, model, optimizer, scaler, runtime)
         report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
@@ -180,7 +184,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             plan = epoch_plan(data.train.encoded.lengths, config.batch_size, config.bucket_size, config.seed,
                               epoch, batches_per_epoch)
             trained.train()
-            losses, correct, seen, speed = 0.0, 0, 0, Throughput()
+            running, speed = position["running"], Throughput()
             with report.task(f"epoch {epoch + 1}/{config.epochs}", total=len(plan)) as advance:
                 advance(position["batch"])
                 batches = prefetch(make_batch, plan[position["batch"]:])
@@ -207,11 +211,12 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                     position["step"] += 1
                     position["batch"] += 1
                     if weight:
-                        losses += loss_value * len(targets)
-                        correct += int((logits.argmax(1) == targets).sum())
-                        seen += len(targets)
-                    train_loss = losses / max(seen, 1)
-                    advance(1, f"loss {train_loss:.4f} acc {correct / max(seen, 1):.3f} {human(speed.rate())} tok/s")
+                        running["loss"] += loss_value * len(targets)
+                        running["correct"] += int((logits.argmax(1) == targets).sum())
+                        running["seen"] += len(targets)
+                    train_loss = running["loss"] / max(running["seen"], 1)
+                    advance(1, f"loss {train_loss:.4f} acc {running['correct'] / max(running['seen'], 1):.3f} "
+                               f"{human(speed.rate())} tok/s")
                     finished = position["step"] >= total_steps
                     if config.eval_every and position["step"] % config.eval_every == 0 \
                             and position["batch"] < len(plan):
@@ -226,7 +231,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                         break
             if position["batch"] < len(plan):
                 break  # stopped inside the epoch (--max-steps or patience)
-            position.update(epoch=epoch + 1, batch=0)
+            position.update(epoch=epoch + 1, batch=0, running=dict(loss=0.0, correct=0, seen=0))
             evaluated_at = position["step"]
             finished = evaluate_and_save(epoch + 1, train_loss) or finished
         if evaluated_at != position["step"] or not (out / checkpoint.WEIGHTS).exists():
@@ -258,6 +263,23 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 # -- data ---------------------------------------------------------------------------------------------
 
 @dataclass
+class TrainingSource:
+    """The opened dataset, the splits chosen from it, and its text and label columns."""
+    source: Source
+    splits: SplitChoice
+    text_column: str
+    label_column: str
+
+
+def open_training_source(config: Config) -> TrainingSource:
+    source = open_source(config.dataset, config.dataset_config)
+    splits = choose_splits(source, config.train_split, config.eval_split)
+    columns = column_names(source.split(splits.train), source.describe(splits.train))
+    return TrainingSource(source, splits, pick_column(columns, config.text_column, TEXT_COLUMNS, "text"),
+                          pick_column(columns, config.label_column, LABEL_COLUMNS, "label"))
+
+
+@dataclass
 class PreparedData:
     tokenizer: object
     train: tokenized.TokenizedSplit
@@ -270,14 +292,12 @@ class PreparedData:
     record: dict
 
 
-def prepare_data(config: Config, runtime: Runtime, report: Reporter, out: Path, saved: dict | None) -> PreparedData:
-    """Open the dataset, get a tokenizer, tokenize each split once into the run's cache, settle the labels."""
-    source = open_source(config.dataset, config.dataset_config)
-    splits = choose_splits(source, config.train_split, config.eval_split)
+def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, report: Reporter, out: Path,
+                 saved: dict | None) -> PreparedData:
+    """Get a tokenizer, tokenize each split once into the run's cache, settle the labels."""
+    source, splits = opened.source, opened.splits
+    text_column, label_column = opened.text_column, opened.label_column
     train_stream = source.split(splits.train)
-    columns = column_names(train_stream, source.describe(splits.train))
-    text_column = pick_column(columns, config.text_column, TEXT_COLUMNS, "text")
-    label_column = pick_column(columns, config.label_column, LABEL_COLUMNS, "label")
     report.say(f"data: {config.dataset}: {splits.describe(config.val_fraction)}; columns "
                f"{text_column!r} -> {label_column!r}")
 

@@ -216,8 +216,9 @@ def test_damaged_runs_are_refused(damage, message, tiny_run, tmp_path, cli):
 
 
 def test_errors_in_a_new_process_have_no_traceback_unless_debug(tmp_path):
-    result = run_cli("train", "--dataset", tmp_path / "absent.csv")
+    result = run_cli("train", "--dataset", tmp_path / "absent.csv", "--output-dir", tmp_path / "out")
     assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()  # bad input fails before anything is written
     debug = run_cli("train", "--dataset", tmp_path / "absent.csv", "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
