@@ -66,6 +66,9 @@ class Config:
                               group="tokenizer", flag="--lowercase/--no-lowercase")
     max_length: int = setting(256, "Tokens kept per text; longer texts are truncated (the count is "
                               "reported).", group="tokenizer", low=1, high=1_000_000)
+    truncation: str = setting("head", "Which tokens of a longer text to keep: the first (head), the last "
+                              "(tail), or the first quarter and the last three quarters (head-tail).",
+                              group="tokenizer", choices=("head", "tail", "head-tail"))
 
     # -- model ------------------------------------------------------------------------------------
     embed_dim: int = setting(128, "Embedding size (nn.LSTM input_size).", group="model", low=1)
@@ -76,6 +79,13 @@ class Config:
     dropout: float = setting(0.0, "Dropout between LSTM layers, as nn.LSTM applies it (no effect with "
                              "one layer).", group="model", low=0.0, high=0.99)
     embedding_dropout: float = setting(0.2, "Dropout on the embeddings.", group="model", low=0.0, high=0.99)
+    word_dropout: float = setting(0.0, "Drop whole tokens (zero their embedding) with this probability while "
+                                  "training.", group="model", low=0.0, high=0.9)
+    embeddings: str | None = setting(None, "Pretrained word vectors to start from (GloVe, word2vec or fastText "
+                                     ".vec text format): tokens they cover get their vector, the others a "
+                                     "random one.", group="model")
+    freeze_embeddings: bool = setting(False, "Keep the embeddings fixed while training (with --embeddings).",
+                                      group="model", flag="--freeze-embeddings/--train-embeddings")
     bidirectional: bool = setting(False, "Run a second LSTM over each text backwards (nn.LSTM "
                                   "bidirectional).", group="model", flag="--bidirectional/--unidirectional")
     pooling: str = setting("max", "How the LSTM outputs become one vector: max or mean over the text, "
@@ -100,6 +110,8 @@ class Config:
                                low=0.0)
     label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.", group="training",
                                      low=0.0, high=0.9)
+    ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
+                         "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))

@@ -47,12 +47,13 @@ def confusion(model, encoded: Encoded, class_ids: np.ndarray, num_classes: int, 
 
 
 def confusion_of_chunks(model, tokenizer, chunks: Iterable[tuple[list[str], list[int]]], num_classes: int,
-                        max_length: int, batch_size: int, runtime: Runtime) -> tuple[np.ndarray, float]:
+                        max_length: int, truncation: str, batch_size: int, runtime: Runtime
+                        ) -> tuple[np.ndarray, float]:
     """The same as `confusion`, over (texts, class ids) chunks streamed from any dataset."""
     matrix, loss = np.zeros((num_classes, num_classes), dtype=np.int64), 0.0
     for texts, class_ids in chunks:
-        part, part_loss = confusion(model, encode(tokenizer, texts, max_length), np.asarray(class_ids),
-                                    num_classes, batch_size, runtime)
+        part, part_loss = confusion(model, encode(tokenizer, texts, max_length, truncation),
+                                    np.asarray(class_ids), num_classes, batch_size, runtime)
         matrix += part
         loss += part_loss
     return matrix, loss
@@ -132,7 +133,7 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
     runtime = setup(device, settings.precision, threads)
     model = run.build_model(runtime.device)
     matrix, loss = confusion_of_chunks(model, run.tokenizer, chunks, len(run.labels.names), settings.max_length,
-                                       batch_size, runtime)
+                                       settings.truncation, batch_size, runtime)
     if matrix.sum() == 0:
         raise UserError(f"{what} has no usable rows: check the data and --text-column / --label-column.")
     result = metrics(matrix, run.labels.names, loss)

@@ -45,7 +45,7 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[Prediction]:
         if not texts:
             return []
-        encoded = encode(self.run.tokenizer, texts, self.run.config.max_length)
+        encoded = encode(self.run.tokenizer, texts, self.run.config.max_length, self.run.config.truncation)
         plan = eval_plan(encoded.lengths, self.batch_size)
         probabilities = np.zeros((len(texts), len(self.run.labels.names)), dtype=np.float32)
         batches = ((*encoded.batch(rows), torch.from_numpy(rows)) for rows in plan)

@@ -65,7 +65,7 @@ def _map(path: Path, dtype, count: int) -> np.ndarray:
 
 
 def build(directory: Path, key: dict, chunks: Iterable[tuple[list[str], list]], tokenizer,
-          max_length: int, on_chunk=None) -> TokenizedSplit:
+          max_length: int, truncation: str = "head", on_chunk=None) -> TokenizedSplit:
     """Stream `chunks` of (texts, label keys) through the tokenizer into `directory`, then open it."""
     existing = load(directory, key)
     if existing is not None:
@@ -79,7 +79,7 @@ def build(directory: Path, key: dict, chunks: Iterable[tuple[list[str], list]], 
     with open(partial / "tokens.bin", "wb") as ids_file, open(partial / "lengths.bin", "wb") as lengths_file, \
             open(partial / "labels.bin", "wb") as labels_file:
         for texts, keys in chunks:
-            encoded = encode(tokenizer, texts, max_length)
+            encoded = encode(tokenizer, texts, max_length, truncation)
             ids_file.write(encoded.ids.astype(dtype, copy=False).tobytes())
             lengths_file.write(encoded.lengths.tobytes())
             labels_file.write(np.array([slots.setdefault(k, len(slots)) for k in keys],

@@ -115,12 +115,16 @@ class Encoded:
         return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], max_length: int) -> Encoded:
-    """Encode in one batch call; texts are cut to max_length, and an empty one becomes [UNK]."""
+def encode(tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> Encoded:
+    """Encode in one batch call; texts are cut to max_length tokens (keeping the head, the tail, or both
+    ends: reviews tend to sum up at the end), and an empty one becomes [UNK]."""
     encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
     unk = [unknown_id(tokenizer)]
     rows = [e.ids for e in encodings]
     truncated = sum(len(r) > max_length for r in rows)
+    if truncated and truncation != "head":
+        head = max_length // 4 if truncation == "head-tail" else 0
+        rows = [r if len(r) <= max_length else r[:head] + r[len(r) - (max_length - head):] for r in rows]
     rows = [r[:max_length] or unk for r in rows]
     lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
     ids = np.fromiter((i for r in rows for i in r), dtype=token_dtype(tokenizer.get_vocab_size()),

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import checkpoint, distributed, tokenized
 from .batching import epoch_plan, prefetch, to_device
@@ -32,6 +33,7 @@ from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
 from .terminal import Reporter, Throughput, human
 from .tokenizer import load_tokenizer, tokenizer_from_json, train_tokenizer
+from .vectors import load_vectors
 
 SAVE_INTERVAL_SECONDS = 600  # a resumable state at least this often, besides every evaluation
 
@@ -90,7 +92,16 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(labels.names)).to(runtime.device)
     report.say(f"model: {describe_model(config)}, {count_parameters(model):,} parameters, "
                f"{len(labels.names)} classes ({', '.join(labels.names)})")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.embeddings and not resume:
+        copied = load_vectors(config.embeddings, data.tokenizer.get_vocab(), model.embedding)
+        report.say(f"embeddings: {copied:,} of {data.tokenizer.get_vocab_size():,} tokens start from "
+                   f"{config.embeddings}")
+    model.embedding.weight.requires_grad_(not config.freeze_embeddings)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    # With --ema, an exponential moving average of the weights is what gets validated and kept.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
+    kept = averaged.module if averaged else model
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
     class_weights = None
     if config.class_weights == "auto":
@@ -115,7 +126,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
                     running=dict(loss=0.0, correct=0, seen=0))
     if resume:
-        position = restore(out, model, optimizer, scaler, runtime)
+        position = restore(out, model, optimizer, scaler, averaged, runtime)
         report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
                    f"{position['step']}")
     log_path = out / checkpoint.LOG
@@ -124,7 +135,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             log.truncate(position["log_bytes"])
 
     def validate() -> dict:
-        matrix, loss = confusion(model, data.validation.encoded, data.validation_classes, len(labels.names),
+        matrix, loss = confusion(kept, data.validation.encoded, data.validation_classes, len(labels.names),
                                  eval_batch_size(config), runtime)
         total = distributed.sum_array(np.append(matrix.ravel(), loss), runtime)
         return metrics(total[:-1].reshape(matrix.shape), labels.names, float(total[-1]))
@@ -142,7 +153,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                                     step=position["step"], epoch=epoch_number)
             position["evals_since_best"] = 0
             if runtime.is_main:
-                checkpoint.save_weights(out, record, model.state_dict())
+                checkpoint.save_weights(out, record, kept.state_dict())
         else:
             position["evals_since_best"] += 1
         report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | validation "
@@ -160,7 +171,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(log_entry) + "\n")
             position.update(elapsed=elapsed(), log_bytes=log_path.stat().st_size)
-            save_state(out, position, model, optimizer, scaler)
+            save_state(out, position, model, optimizer, scaler, averaged)
         distributed.barrier(runtime)
         last_save = time.monotonic()
 
@@ -208,6 +219,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                     scaler.step(optimizer)
                     scaler.update()
+                    if averaged:
+                        averaged.update_parameters(model)
                     position["step"] += 1
                     position["batch"] += 1
                     if weight:
@@ -241,11 +254,11 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     distributed.barrier(runtime)
     best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
         out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
-    model.load_state_dict(best)
+    kept.load_state_dict(best)
     final = dict(validation=validate(), test=None, best=position["best"], splits=record["data"]["splits"],
                  train=dict(rows=record["data"]["rows"]["train"], steps=position["step"], seconds=elapsed()))
     if data.test is not None:
-        matrix, loss = confusion(model, data.test.encoded, data.test_classes, len(labels.names),
+        matrix, loss = confusion(kept, data.test.encoded, data.test_classes, len(labels.names),
                                  eval_batch_size(config), runtime)
         total = distributed.sum_array(np.append(matrix.ravel(), loss), runtime)
         final["test"] = metrics(total[:-1].reshape(matrix.shape), labels.names, float(total[-1]))
@@ -337,11 +350,12 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
         counts = RowCounts()
         key = dict(fingerprint=fingerprint, split=split, holdout=holdout_side, val_fraction=config.val_fraction,
                    columns=[text_column, label_column], tokenizer=tokenizer_hash, max_length=config.max_length,
-                   strict=config.strict, rank=runtime.rank, world_size=runtime.world_size)
+                   truncation=config.truncation, strict=config.strict, rank=runtime.rank,
+                   world_size=runtime.world_size)
         folder = out / checkpoint.CACHE / (role if not runtime.distributed else f"{role}-rank{runtime.rank}")
         with report.task(f"tokenizing {role}") as advance:
             result = tokenized.build(folder, key, rows(split, holdout_side, counts), tokenizer, config.max_length,
-                                     on_chunk=advance)
+                                     config.truncation, on_chunk=advance)
         if counts.skipped:
             report.warn(f"{role}: skipped {counts.skipped:,} rows ({counts.missing_text} without text, "
                         f"{counts.missing_label} without label, {counts.empty_text} with empty text); "
@@ -456,23 +470,28 @@ class StopSignal:
 
 # -- resumable state ----------------------------------------------------------------------------------
 
-def save_state(out: Path, position: dict, model, optimizer, scaler) -> None:
+def save_state(out: Path, position: dict, model, optimizer, scaler, averaged) -> None:
     optimizer_state = optimizer.state_dict()
     moments = {f"{index}.{name}": value for index, state in optimizer_state["state"].items()
                for name, value in state.items()}
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tensors = dict(model=model.state_dict(), optimizer=moments, rng=rng)
+    if averaged:
+        tensors["averaged"] = averaged.state_dict()
     checkpoint.save_state(out, dict(position, optimizer_groups=optimizer_state["param_groups"],
                                     scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                                    python_random=_jsonable(random.getstate())),
-                          dict(model=model.state_dict(), optimizer=moments, rng=rng))
+                                    python_random=_jsonable(random.getstate())), tensors)
 
 
-def restore(out: Path, model, optimizer, scaler, runtime: Runtime) -> dict:
+def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> dict:
     position, tensors = checkpoint.load_state(out)
     checkpoint.check_state_dict(tensors["model"], model.state_dict(), out / position["state"])
     model.load_state_dict(tensors["model"])
+    if averaged:
+        checkpoint.check_state_dict(tensors.get("averaged", {}), averaged.state_dict(), out / position["state"])
+        averaged.load_state_dict(tensors["averaged"])
     state: dict = {}
     for key, value in tensors["optimizer"].items():
         index, name = key.split(".", 1)

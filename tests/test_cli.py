@@ -223,12 +223,25 @@ def test_errors_in_a_new_process_have_no_traceback_unless_debug(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def flag_table() -> str:
+    """The README's table of every train flag, as config.py defines them."""
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    group = None
+    for field in dataclasses.fields(Config):
+        meta = field.metadata
+        if meta["group"] != group:
+            group = meta["group"]
+            lines.append(f"| **{group}** | | |")
+        flag = (meta["flag"] or option_name(field.name)) + (" {" + ",".join(meta["choices"]) + "}" if meta["choices"] else "")
+        default = field.default
+        shown = "—" if default is None else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        lines.append(f"| `{flag}` | {shown} | {meta['help']} |")
+    return "\n".join(lines)
+
+
 def test_readme_documents_every_flag():
     from conftest import ROOT
 
     readme = (ROOT / "README.md").read_text()
     assert readme.index("make train") < readme.index("make test") < readme.index("## Usage")
-    for field in dataclasses.fields(Config):
-        flag = field.metadata["flag"] or option_name(field.name)
-        assert f"`{flag}" in readme, flag
-        assert field.metadata["help"] in readme, field.name
+    assert f"<!-- flags -->\n{flag_table()}\n<!-- /flags -->" in readme, "regenerate with tests/test_cli.py:flag_table()"

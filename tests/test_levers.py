@@ -1,0 +1,121 @@
+"""The model and training levers recipes use: vectors, truncation, word dropout, EMA, schedules."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import TINY_SETTINGS, make_rows, named, write_jsonl
+from lstmcli import train as train_module
+from lstmcli.checkpoint import load_run
+from lstmcli.config import Config
+from lstmcli.errors import Interrupted, UserError
+from lstmcli.model import LSTMClassifier
+from lstmcli.tokenizer import encode, train_tokenizer
+from lstmcli.train import learning_rate, train
+from lstmcli.vectors import load_vectors
+
+
+def settings(tmp_path, dataset, **extra):
+    return Config(dataset=str(dataset), output_dir=str(tmp_path / "run"), **{**TINY_SETTINGS, **extra})
+
+
+def write_vectors(path, vectors: dict, header=True):
+    dim = len(next(iter(vectors.values())))
+    lines = [f"{len(vectors)} {dim}"] if header else []
+    lines += [" ".join([word, *map(str, values)]) for word, values in vectors.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_vectors_are_copied_for_covered_tokens_only(tmp_path, header):
+    tokenizer = train_tokenizer([["great film", "awful film"]], "wordlevel", 50, 1, True)
+    vocabulary = tokenizer.get_vocab()
+    embedding = torch.nn.Embedding(len(vocabulary), 4)
+    before = embedding.weight.detach().clone()
+    path = write_vectors(tmp_path / "vectors.vec", {"GREAT": [1, 2, 3, 4], "film": [0.5, 0.5, 0.5, 0.5],
+                                                    "unseen": [9, 9, 9, 9]}, header)
+    assert load_vectors(path, vocabulary, embedding) == 2
+    assert embedding.weight[vocabulary["great"]].tolist() == [1, 2, 3, 4]  # matched through lower-casing
+    assert embedding.weight[vocabulary["film"]].tolist() == [0.5] * 4
+    assert torch.equal(embedding.weight[vocabulary["awful"]], before[vocabulary["awful"]])
+
+
+def test_vectors_of_the_wrong_size_are_explained(tmp_path):
+    embedding = torch.nn.Embedding(5, 3)
+    path = write_vectors(tmp_path / "glove.txt", {"a": [1, 2, 3, 4]}, header=False)
+    with pytest.raises(UserError, match="4-dimensional vectors but --embed-dim is 3"):
+        load_vectors(path, {"a": 1}, embedding)
+
+
+def test_frozen_embeddings_keep_their_vectors_through_training(tmp_path, tiny_dataset):
+    words = ["great", "awful", "film", "wonderful"]
+    path = write_vectors(tmp_path / "vectors.txt", {w: [float(i)] * 16 for i, w in enumerate(words)}, header=False)
+    train(settings(tmp_path, tiny_dataset, embeddings=str(path), freeze_embeddings=True), quiet=True)
+    run = load_run(tmp_path / "run")
+    weights = run.build_model().embedding.weight
+    vocabulary = run.tokenizer.get_vocab()
+    for i, word in enumerate(words):
+        assert weights[vocabulary[word]].tolist() == [float(i)] * 16
+
+
+def test_truncation_keeps_the_chosen_end():
+    tokenizer = train_tokenizer([[" ".join(f"w{i}" for i in range(20))]], "wordlevel", 50, 1, True)
+    text = " ".join(f"w{i}" for i in range(20))
+    ids = {mode: encode(tokenizer, [text], 8, mode).ids.tolist() for mode in ("head", "tail", "head-tail")}
+    word = {i: t for t, i in tokenizer.get_vocab().items()}
+    assert [word[i] for i in ids["head"]] == [f"w{i}" for i in range(8)]
+    assert [word[i] for i in ids["tail"]] == [f"w{i}" for i in range(12, 20)]
+    assert [word[i] for i in ids["head-tail"]] == ["w0", "w1"] + [f"w{i}" for i in range(14, 20)]
+
+
+def test_word_dropout_zeroes_whole_tokens_only_while_training():
+    model = LSTMClassifier(Config(embed_dim=8, hidden_size=4, word_dropout=0.5, embedding_dropout=0.0), 30, 2)
+    seen = {}
+    model.lstm.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0]))
+    ids, lengths = torch.randint(1, 30, (4, 50)), torch.full((4,), 50)
+    model.train()(ids, lengths)
+    zeroed = (seen["x"] == 0).all(dim=2).float().mean().item()
+    assert 0.35 < zeroed < 0.65
+    model.eval()(ids, lengths)
+    assert not (seen["x"] == 0).all(dim=2).any()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedules_warm_up_then_decay(schedule):
+    config = Config(lr=1.0, schedule=schedule)
+    rates = [learning_rate(step, 100, 10, config) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert (rates[-1] < 0.05) == (schedule != "constant")
+    assert all(a >= b - 1e-12 for a, b in zip(rates[10:], rates[11:]))
+
+
+def test_interrupt_and_resume_is_exact_with_ema_and_word_dropout(tmp_path, monkeypatch):
+    rows = named(make_rows(600))
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "validation.jsonl", named(make_rows(100, seed=3)))
+    levers = dict(ema=0.9, word_dropout=0.1, label_smoothing=0.1, schedule="cosine", epochs=3)
+    whole = train(Config(dataset=str(data), output_dir=str(tmp_path / "whole"), **{**TINY_SETTINGS, **levers}),
+                  quiet=True)
+
+    real_save_due = train_module.save_due
+
+    def interrupt_at_step_50(config, step, last_save):
+        if step == 50:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by training's signal handler
+        return real_save_due(config, step, last_save)
+
+    monkeypatch.setattr(train_module, "save_due", interrupt_at_step_50)
+    config = Config(dataset=str(data), output_dir=str(tmp_path / "cut"), **{**TINY_SETTINGS, **levers})
+    with pytest.raises(Interrupted, match="SIGINT at step 50"):
+        train(config, quiet=True)
+    monkeypatch.undo()
+    resumed = train(config, resume=True, quiet=True)
+    assert resumed["validation"] == whole["validation"]
+    assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
+    record = json.loads((tmp_path / "cut" / "config.json").read_text())
+    assert record["settings"]["ema"] == 0.9 and record["settings"]["word_dropout"] == 0.1
