@@ -108,6 +108,15 @@ def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> Non
     directory.mkdir(parents=True, exist_ok=True)
 
 
+def restartable(directory: Path) -> tuple[bool, bool]:
+    """(resume, overwrite) for --auto-resume: resume a saved state; replace only a run that was stopped
+    before it saved anything (no state, no weights), so nothing of value is ever replaced."""
+    if (directory / RESUME).exists():
+        return True, False
+    abandoned = (directory / CONFIG).exists() and not (directory / WEIGHTS).exists()
+    return False, abandoned
+
+
 def remove_run_files(directory: Path) -> None:
     """Delete what a run writes, and nothing else the user keeps in the directory."""
     for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME):

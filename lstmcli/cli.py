@@ -72,16 +72,25 @@ def train(
                          "command line override it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir from its last saved "
                                                           "state.")] = False,
+    auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Resume when --output-dir holds a saved state, "
+                                                                    "else start a new run: one command for the first "
+                                                                    "start and every restart (torchrun --max-restarts, "
+                                                                    "job schedulers).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --output-dir.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or status lines.")] = False,
     debug: Debug = False,
 ):
     """Train a classifier and write its run directory (model, tokenizer, config, metrics)."""
+    from .checkpoint import restartable
+    from .runtime import torchrun_env
     from .train import settings_for, train as run_training
 
     recipe = read_recipe(config) if config else {}
+    if auto_resume:
+        resume, overwrite = restartable(Path({**recipe, **settings}.get("output_dir", Config.output_dir)))
     final = run_training(settings_for(recipe, settings, resume), resume=resume, overwrite=overwrite, quiet=quiet)
-    print(json.dumps({k: final[k]["accuracy"] if final[k] else None for k in ("validation", "test")}))
+    if torchrun_env()["rank"] == 0:
+        print(json.dumps({k: final[k]["accuracy"] if final[k] else None for k in ("validation", "test")}))
 
 
 @app.command("eval")

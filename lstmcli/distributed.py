@@ -6,6 +6,7 @@ either way.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
 from .runtime import Runtime
 
 # A rank that dies must not leave the others waiting forever: collectives give up after this long.
@@ -24,7 +26,12 @@ def start(runtime: Runtime) -> None:
         backend = "nccl" if runtime.device.type == "cuda" else "gloo"
         if runtime.device.type == "cuda":
             torch.cuda.set_device(runtime.device)
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+        # A worker restarted by torchrun --max-restarts would otherwise find its dead predecessor's address
+        # in the job's store and fail to connect (seen with gloo here): each attempt gets its own keys.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"lstmcli/attempt-{attempt}/", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
 
 
 def stop() -> None:
@@ -35,6 +42,41 @@ def stop() -> None:
 def barrier(runtime: Runtime) -> None:
     if runtime.distributed:
         dist.barrier()
+
+
+def together(runtime: Runtime, step, *args, **kwargs):
+    """Run step(*args, **kwargs) on this rank; if it fails on any rank, every rank stops with an error
+    instead of the others waiting at the next collective until the timeout."""
+    if not runtime.distributed:
+        return step(*args, **kwargs)
+    error = None
+    try:
+        result = step(*args, **kwargs)
+    except UserError as e:
+        error, result = e, None
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=_comm_device(runtime))
+    dist.all_reduce(failed)
+    if error is not None:
+        raise error
+    if failed.item():
+        raise UserError("another process of this torchrun job stopped with an error (printed by that rank): "
+                        "fix it and start again.")
+    return result
+
+
+@contextlib.contextmanager
+def peers_guard(runtime: Runtime, output_dir):
+    """Turn a collective that fails because another process died into one line saying how to go on."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e)
+        if not runtime.distributed or not (isinstance(e, dist.DistError) or "gloo" in text or "NCCL" in text
+                                            or "Connection" in text or "timed out" in text.lower()):
+            raise
+        raise UserError(f"another process of this torchrun job stopped ({text.splitlines()[0][:160]}): continue "
+                        f"from the last saved state with lstmcli train --resume --output-dir {output_dir}, or let "
+                        "torchrun --max-restarts with --auto-resume do it.") from None
 
 
 def shard(stream, runtime: Runtime):

@@ -63,11 +63,10 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     runtime = setup(config.device, config.precision, config.threads)
     distributed.start(runtime)
     report = Reporter(quiet or not runtime.is_main)
-    source = open_training_source(config)  # bad data fails here, before anything is written
+    source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
     out = Path(config.output_dir)
-    if runtime.is_main:
-        checkpoint.prepare_output_dir(out, overwrite=overwrite, resume=resume)
-    distributed.barrier(runtime)
+    distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
+        out, overwrite=overwrite, resume=resume))
     if config.dropout > 0 and config.layers == 1:
         report.warn("--dropout acts between LSTM layers and has no effect with --layers 1; use "
                     "--embedding-dropout, or --layers 2 or more.")
@@ -124,9 +123,13 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     # Where training stands; saved in every resumable state. `running` sums the current epoch's loss and
     # accuracy, so that a resumed epoch reports the same figures as an uninterrupted one.
     position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
-                    running=dict(loss=0.0, correct=0, seen=0))
+                    running=dict(loss=0.0, correct=0, seen=0), world_size=runtime.world_size)
     if resume:
         position = restore(out, model, optimizer, scaler, averaged, runtime)
+        if position.get("world_size", 1) != runtime.world_size:
+            raise UserError(f"{out} was saved by {position.get('world_size', 1)} process(es) and each one's place "
+                            f"in the data depends on that: resume it with {position.get('world_size', 1)}, not "
+                            f"{runtime.world_size}.")
         report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
                    f"{position['step']}")
     log_path = out / checkpoint.LOG
@@ -189,7 +192,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     evaluated_at = position["step"] if resume else None
     finished = position["step"] >= total_steps or patience_exhausted(position, config)
     train_loss = float("nan")
-    with stop:
+    with stop, distributed.peers_guard(runtime, out):
         while not finished and position["epoch"] < config.epochs:
             epoch = position["epoch"]
             plan = epoch_plan(data.train.encoded.lengths, config.batch_size, config.bucket_size, config.seed,
