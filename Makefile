@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install train eval predict test bench clean
+.PHONY: install install-bench train eval predict test bench reproduce clean
 
 install: $(INSTALLED)
 
@@ -28,8 +28,14 @@ predict: install  ## label TEXT with runs/latest
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
-bench: install
+install-bench: install  ## fastText, the anchor the benchmarks compare against
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+
+bench: install-bench  ## speed figures (about 30 minutes; ARGS=--quick for 3); writes bench/results.json
 	$(BIN)/python bench/run.py $(ARGS)
+
+reproduce: install-bench  ## train every recipe, evaluate it, compare with fastText; writes RESULTS.md
+	$(BIN)/python bench/reproduce.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache build lstmcli.egg-info

@@ -28,6 +28,8 @@ ModelDir = Annotated[Path, typer.Option(help="Run directory written by lstmcli t
 Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="CPU threads (0: the idle cores this process may use).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables / text lines.")]
+Quantize = Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights for the LSTM and classifier "
+                                                           "(CPU; see BENCHMARKS.md for its speed here).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", training="Training", runtime="Runtime")
 
@@ -107,6 +109,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
     device: Device = "auto",
     threads: Threads = 0,
+    quantize: Quantize = False,
     as_json: Json = False,
     debug: Debug = False,
 ):
@@ -116,7 +119,7 @@ def evaluate(
 
     result = evaluate_run(model_dir, dataset=dataset, dataset_config=dataset_config, split=split,
                           text_column=text_column, label_column=label_column, batch_size=batch_size,
-                          device=device, threads=threads)
+                          device=device, threads=threads, quantize=quantize)
     if as_json:
         print(json.dumps(result))
     else:
@@ -134,6 +137,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
     device: Device = "auto",
     threads: Threads = 0,
+    quantize: Quantize = False,
     as_json: Json = False,
     debug: Debug = False,
 ):
@@ -142,7 +146,7 @@ def predict(
 
     chunks = input_chunks(texts or [], file, text_column)
     first = next(chunks, None)  # read input before loading the model, so bad input fails fast
-    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size)
+    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size, quantize=quantize)
     for p in predictor.predict_stream(itertools.chain([first], chunks)):
         if as_json:
             print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,

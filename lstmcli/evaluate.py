@@ -87,7 +87,7 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
 
 def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,
                  split: str | None = None, text_column: str | None = None, label_column: str | None = None,
-                 batch_size: int = 256, device: str = "auto", threads: int = 0) -> dict:
+                 batch_size: int = 256, device: str = "auto", threads: int = 0, quantize: bool = False) -> dict:
     """Metrics of a trained run on a split: by default the run's test split (else its validation data);
     any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
     from .checkpoint import load_run
@@ -130,8 +130,12 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
 
     chunks = ((texts, class_ids(keys)) for texts, keys in read_rows(stream, what, text_column, label_column,
                                                                     holdout=holdout))
-    runtime = setup(device, settings.precision, threads)
+    from .predict import quantized
+
+    runtime = setup(device, "fp32" if quantize else settings.precision, threads)
     model = run.build_model(runtime.device)
+    if quantize:
+        model = quantized(model, runtime)
     matrix, loss = confusion_of_chunks(model, run.tokenizer, chunks, len(run.labels.names), settings.max_length,
                                        settings.truncation, batch_size, runtime)
     if matrix.sum() == 0:

@@ -36,6 +36,7 @@ class LSTMClassifier(nn.Module):
             self.h0 = self.c0 = None
         features = config.hidden_size * directions * (2 if config.pooling == "mean-max" else 1)
         self.classifier = nn.Linear(features, num_classes)
+        self.quantized_directions: nn.ModuleDict | None = None  # set by quantize()
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes) for token ids (batch, time) right-padded to their lengths (>= 1)."""
@@ -45,11 +46,11 @@ class LSTMClassifier(nn.Module):
             x = x * (torch.rand(ids.shape, device=ids.device) >= self.word_dropout)[:, :, None]
         x = self.embedding_dropout(x)
         h0, c0 = self._initial_state(ids.shape[0], x)
-        if self.lstm.bidirectional:
-            outputs = self._bidirectional(x, lengths, mask, h0, c0)
+        if self.lstm.bidirectional or self.quantized_directions is not None:
+            directions = self._layer_by_layer(x, lengths, mask, h0, c0)
         else:
-            outputs, _ = self.lstm(x, (h0, c0))
-        return self.classifier(self._pool(outputs, lengths, mask))
+            directions = [self.lstm(x, (h0, c0))[0]]  # one fused call: padding only follows each text
+        return self.classifier(torch.cat([self._pool(d, lengths, mask) for d in directions], dim=1))
 
     def _initial_state(self, batch: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         directions = 2 if self.lstm.bidirectional else 1
@@ -59,34 +60,42 @@ class LSTMClassifier(nn.Module):
         return (self.h0.expand(-1, batch, -1).contiguous().to(x.dtype),
                 self.c0.expand(-1, batch, -1).contiguous().to(x.dtype))
 
-    def _bidirectional(self, x, lengths, mask, h0, c0) -> torch.Tensor:
-        steps = torch.arange(x.shape[1], device=x.device)[None, :]
-        # Position t of a text read backwards is position length-1-t; padding stays where it is.
-        reverse = torch.where(mask, lengths[:, None] - 1 - steps, steps)
+    def _layer_by_layer(self, x, lengths, mask, h0, c0) -> list[torch.Tensor]:
+        """Outputs of the top layer per direction, each left-aligned within its text: the backward one in
+        reading-backwards order, which pooling does not mind (saves re-ordering it, ~10% of a step)."""
+        directions = 2 if self.lstm.bidirectional else 1
+        if directions == 2:
+            steps = torch.arange(x.shape[1], device=x.device)[None, :]
+            # Position t of a text read backwards is position length-1-t; padding stays where it is.
+            reverse = torch.where(mask, lengths[:, None] - 1 - steps, steps)
         for layer in range(self.lstm.num_layers):
-            forward = self._direction(x, layer, "", h0[2 * layer:2 * layer + 1], c0[2 * layer:2 * layer + 1])
-            backward = self._direction(_gather_time(x, reverse), layer, "_reverse",
-                                       h0[2 * layer + 1:2 * layer + 2], c0[2 * layer + 1:2 * layer + 2])
-            x = torch.cat([forward, _gather_time(backward, reverse)], dim=2)
-            if layer < self.lstm.num_layers - 1:
-                x = F.dropout(x, self.lstm.dropout, self.training)
-        return x
+            state = slice(directions * layer, directions * layer + 1)
+            outputs = [self._direction(x, layer, "", h0[state], c0[state])]
+            if directions == 2:
+                state = slice(2 * layer + 1, 2 * layer + 2)
+                outputs.append(self._direction(_gather_time(x, reverse), layer, "_reverse", h0[state], c0[state]))
+            if layer == self.lstm.num_layers - 1:
+                return outputs
+            if directions == 2:  # the next layer reads both directions at the same position
+                outputs[1] = _gather_time(outputs[1], reverse)
+            x = F.dropout(torch.cat(outputs, dim=2), self.lstm.dropout, self.training)
 
     def _direction(self, x, layer: int, suffix: str, h0, c0) -> torch.Tensor:
         """One direction of one layer of self.lstm, run forward over x with that direction's weights."""
-        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.lstm.bias else [])
-        weights = [getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names]
-        output, _, _ = torch.lstm(x, (h0, c0), weights, self.lstm.bias, 1, 0.0, self.training, False, True)
+        if self.quantized_directions is not None:
+            return self.quantized_directions[f"l{layer}{suffix}"](x, (h0, c0))[0]
+        output, _, _ = torch.lstm(x, (h0, c0), self._weights(layer, suffix), self.lstm.bias, 1, 0.0,
+                                  self.training, False, True)
         return output
 
+    def _weights(self, layer: int, suffix: str) -> list[torch.Tensor]:
+        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.lstm.bias else [])
+        return [getattr(self.lstm, f"{name}_l{layer}{suffix}") for name in names]
+
     def _pool(self, outputs: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One direction's outputs (left-aligned in each text) to one vector per text."""
         if self.pooling == "last":
-            # The forward direction ends at each text's last token, the backward one at its first.
-            last = outputs[torch.arange(outputs.shape[0], device=outputs.device), lengths - 1]
-            if not self.lstm.bidirectional:
-                return last
-            hidden = self.lstm.hidden_size
-            return torch.cat([last[:, :hidden], outputs[:, 0, hidden:]], dim=1)
+            return outputs[torch.arange(outputs.shape[0], device=outputs.device), lengths - 1]
         pooled = []
         if self.pooling in ("mean", "mean-max"):
             summed = outputs.masked_fill(~mask[:, :, None], 0).sum(dim=1)
@@ -94,6 +103,33 @@ class LSTMClassifier(nn.Module):
         if self.pooling in ("max", "mean-max"):
             pooled.append(outputs.masked_fill(~mask[:, :, None], float("-inf")).amax(dim=1))
         return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
+
+
+def quantize(model: LSTMClassifier) -> LSTMClassifier:
+    """Dynamic int8 weights for every LSTM direction and the classifier (CPU inference).
+
+    Each layer and direction becomes its own one-layer nn.LSTM before quantization, so the exact
+    padding-free algorithm above runs unchanged on the int8 modules.
+    """
+    import warnings
+
+    lstm = model.lstm
+    directions = {}
+    for layer in range(lstm.num_layers):
+        for suffix in ("", "_reverse") if lstm.bidirectional else ("",):
+            single = nn.LSTM(lstm.input_size if layer == 0 else lstm.hidden_size * (2 if lstm.bidirectional else 1),
+                             lstm.hidden_size, 1, bias=lstm.bias, batch_first=True)
+            with torch.no_grad():
+                for mine, theirs in zip(single._flat_weights, model._weights(layer, suffix)):
+                    mine.copy_(theirs)
+            directions[f"l{layer}{suffix}"] = single
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not yet gone
+        warnings.simplefilter("ignore")
+        model.quantized_directions = torch.ao.quantization.quantize_dynamic(
+            nn.ModuleDict(directions), {nn.LSTM}, dtype=torch.qint8)
+        model.classifier = torch.ao.quantization.quantize_dynamic(
+            nn.Sequential(model.classifier), {nn.Linear}, dtype=torch.qint8)[0]
+    return model.eval()
 
 
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -32,11 +32,14 @@ class Prediction:
 class Predictor:
     """A run's model and tokenizer, ready to label texts in length-sorted batches."""
 
-    def __init__(self, run: Run, *, device: str = "auto", threads: int = 0, batch_size: int = 256):
+    def __init__(self, run: Run, *, device: str = "auto", threads: int = 0, batch_size: int = 256,
+                 quantize: bool = False, precision: str | None = None):
         self.run = run
-        self.runtime = setup(device, run.config.precision, threads)
+        self.runtime = setup(device, "fp32" if quantize else precision or run.config.precision, threads)
         self.batch_size = batch_size
         self.model = run.build_model(self.runtime.device)
+        if quantize:
+            self.model = quantized(self.model, self.runtime)
 
     @classmethod
     def load(cls, model_dir: str | Path, **options) -> Predictor:
@@ -59,6 +62,15 @@ class Predictor:
     def predict_stream(self, chunks: Iterable[list[str]]) -> Iterator[Prediction]:
         for texts in chunks:
             yield from self.predict(texts)
+
+
+def quantized(model, runtime):
+    """Dynamic int8 weights for the LSTM and the classifier: CPU inference only."""
+    from .model import quantize
+
+    if runtime.device.type != "cpu":
+        raise UserError("--quantize runs on CPU only: add --device cpu.")
+    return quantize(model)
 
 
 def input_chunks(texts: list[str], file: str | None, text_column: str | None) -> Iterator[list[str]]:

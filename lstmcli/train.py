@@ -148,6 +148,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
         """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
+        tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
         result = validate()
         best = position["best"]
         improved = best is None or result["accuracy"] > best["accuracy"]
@@ -164,7 +165,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                    + (" (best)" if improved else ""))
         save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=current_lr(optimizer),
                   val_loss=result.get("loss"), val_accuracy=result["accuracy"], val_macro_f1=result["macro_f1"],
-                  best=improved, elapsed=elapsed()))
+                  best=improved, elapsed=elapsed(), train_tokens_per_second=tokens_per_second))
         return patience_exhausted(position, config)
 
     def save(log_entry: dict | None = None) -> None:
@@ -191,7 +192,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     last_save = started
     evaluated_at = position["step"] if resume else None
     finished = position["step"] >= total_steps or patience_exhausted(position, config)
-    train_loss = float("nan")
+    train_loss, speed = float("nan"), Throughput()
     with stop, distributed.peers_guard(runtime, out):
         while not finished and position["epoch"] < config.epochs:
             epoch = position["epoch"]

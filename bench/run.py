@@ -1,0 +1,495 @@
+"""make bench: lstmcli's speed on this machine, measured side by side with its ceilings and anchors.
+
+    python bench/run.py [--quick] [--only SECTION ...]
+
+Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw
+encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
+predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
+threads, precision, packing, compile, processes (1 vs 2 under torchrun), profile. Every comparison runs
+in this one process and run, repeated, and reported as a median and a ratio: the machine is shared and
+noisy. Prints a table and writes bench/results.json; BENCHMARKS.md records a full run with its analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fasttext_anchor import train_and_test  # noqa: E402
+from lstmcli import tokenized  # noqa: E402
+from lstmcli.batching import epoch_plan, prefetch  # noqa: E402
+from lstmcli.checkpoint import load_run  # noqa: E402
+from lstmcli.config import Config  # noqa: E402
+from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
+from lstmcli.model import LSTMClassifier  # noqa: E402
+from lstmcli.predict import Predictor  # noqa: E402
+from lstmcli.runtime import choose_threads, cpu_has_bf16  # noqa: E402
+from lstmcli.tokenizer import encode, train_tokenizer  # noqa: E402
+from lstmcli.train import train  # noqa: E402
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+class Bench:
+    def __init__(self, quick: bool, work: Path):
+        self.quick, self.work = quick, work
+        self.num_threads = choose_threads(0)
+        self.dtype = "bf16" if cpu_has_bf16() else "fp32"
+        self.rows: list[dict] = []
+        self.details: dict = {}
+
+    def row(self, section, metric, value, reference=None, unit="", target=None, met=None):
+        ratio = value / reference if reference else None
+        self.rows.append(dict(section=section, metric=metric, value=value, reference=reference, ratio=ratio,
+                              unit=unit, target=target, met=met))
+        shown = f"{value:,.3f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}"
+        extra = f"  (reference {reference:,.0f}, ratio {ratio:.2f})" if reference else ""
+        print(f"  {metric}: {shown} {unit}{extra}" + (f"  target {target}: {'met' if met else 'NOT met'}"
+                                                       if target else ""), flush=True)
+
+    def imdb_subset(self, count: int, name: str) -> Path:
+        """A label-balanced random sample of IMDB train, as a file of its own."""
+        rows = [json.loads(line) for line in (SHARED / "imdb" / "train.jsonl").open()]
+        rng = np.random.default_rng(0)
+        picked = [rows[i] for i in rng.permutation(len(rows))[:count]]
+        path = self.work / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in picked))
+        return path
+
+    def train_run(self, name: str, **settings) -> tuple[dict, list[dict], Path]:
+        out = self.work / name
+        config = Config(output_dir=str(out), threads=self.num_threads, **{"precision": self.dtype, **settings})
+        final = train(config, overwrite=True, quiet=True)
+        log = [json.loads(line) for line in (out / "log.jsonl").open()]
+        return final, log, out
+
+    # -- 1. training step vs a bare PyTorch loop ----------------------------------------------------------
+    def step(self):
+        print("training step: lstmcli's loop vs a bare nn.Embedding + nn.LSTM + nn.Linear loop, same batches")
+        subset = self.imdb_subset(3000 if self.quick else 8000, "imdb-step.jsonl")
+        steps = 30 if self.quick else 100
+        # The same work as the bare loop: no dropout there, so none here; its cost is reported on its own.
+        shape = dict(max_length=256, batch_size=64, bidirectional=True, embed_dim=128, hidden_size=128,
+                     embedding_dropout=0.0)
+        ratios, lstmcli_rates, bare_rates = [], [], []
+        for repeat in range(2 if self.quick else 3):
+            _, log, out = self.train_run("step", dataset=str(subset), max_steps=steps, epochs=1, **shape)
+            lstmcli_rate = log[-1]["train_tokens_per_second"]
+            bare_rate = bare_loop(lstmcli_batches(out, subset, shape, steps), load_run(out), self.num_threads,
+                                  self.dtype)
+            lstmcli_rates.append(lstmcli_rate)
+            bare_rates.append(bare_rate)
+            ratios.append(lstmcli_rate / bare_rate)
+        self.details["step"] = dict(lstmcli=lstmcli_rates, bare=bare_rates, steps=steps, **shape)
+        self.train_rate = statistics.median(lstmcli_rates)
+        self.row("step", "lstmcli training tokens/s (1-layer BiLSTM-128, B64, IMDB, T<=256)", self.train_rate,
+                 statistics.median(bare_rates), "tok/s", ">= 0.95 of bare", statistics.median(ratios) >= 0.95)
+        _, log, _ = self.train_run("step", dataset=str(subset), max_steps=steps, epochs=1,
+                                   **dict(shape, embedding_dropout=0.2))
+        self.row("step", "the same with the default --embedding-dropout 0.2", log[-1]["train_tokens_per_second"],
+                 statistics.median(bare_rates), "tok/s")
+
+    # -- 2. data pipeline ---------------------------------------------------------------------------------
+    def pipeline(self):
+        print("data pipeline: stream + tokenize + write, then one epoch of batches, vs raw encode_batch")
+        path = self.imdb_subset(5000, "imdb-pipe.jsonl") if self.quick else SHARED / "imdb" / "train.jsonl"
+        texts = [json.loads(line)["text"] for line in path.open()]
+        tokenizer = train_tokenizer([texts], "wordlevel", 20000, 2, True)
+        raw, ours, batching, tokens = [], [], [], 0
+        for repeat in range(3):
+            started = time.perf_counter()
+            tokens = sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
+            raw.append(time.perf_counter() - started)
+
+            folder = self.work / "pipe"
+            shutil.rmtree(folder, ignore_errors=True)
+            started = time.perf_counter()
+            stream = open_source(str(path)).split("train")
+            split = tokenized.build(folder, {"repeat": repeat}, read_rows(stream, str(path), "text", "label"),
+                                    tokenizer, 256)
+            ours.append(time.perf_counter() - started)
+
+            encoded = split.encoded
+            started = time.perf_counter()
+            delivered = sum(int(lengths.sum()) for _, lengths in prefetch(
+                encoded.batch, epoch_plan(encoded.lengths, 64, 50, 0, repeat)))
+            batching.append(time.perf_counter() - started)
+        texts_raw, texts_ours = len(texts) / statistics.median(raw), len(texts) / statistics.median(ours)
+        self.row("pipeline", "first pass, texts/s (stream + tokenize + write)", texts_ours, texts_raw, "texts/s",
+                 ">= 0.7 of raw encode_batch", texts_ours / texts_raw >= 0.7)
+        self.row("pipeline", "first pass, tokens/s", tokens / statistics.median(ours), tokens / statistics.median(raw),
+                 "tok/s")
+        per_epoch = delivered / statistics.median(batching)
+        self.row("pipeline", "later epochs, tokens/s delivered (read + pad)", per_epoch, None, "tok/s")
+        if hasattr(self, "train_rate"):
+            first = tokens / statistics.median(ours)
+            self.row("pipeline", "first pass vs training consumption (x)", first / self.train_rate, None, "x",
+                     ">= 10x", first / self.train_rate >= 10)
+        self.details["pipeline"] = dict(texts=len(texts), raw_seconds=raw, lstmcli_seconds=ours, batching_seconds=batching)
+
+    # -- 3. padding waste ---------------------------------------------------------------------------------
+    def padding(self):
+        print("padding: share of padded positions in IMDB batches of 64, --max-length 400")
+        texts = [json.loads(line)["text"] for line in (SHARED / "imdb" / "train.jsonl").open()]
+        tokenizer = train_tokenizer([texts[:5000]], "wordlevel", 20000, 2, True)
+        lengths = encode(tokenizer, texts, 400).lengths
+        for name, bucket in (("random batches (--bucket-size 1)", 1), ("lstmcli (--bucket-size 50)", 50)):
+            plan = epoch_plan(lengths, 64, bucket, 0, 0)
+            real = sum(int(lengths[b].sum()) for b in plan)
+            padded = sum(len(b) * int(lengths[b].max()) for b in plan)
+            waste = 1 - real / padded
+            self.row("padding", f"padded share, {name}", waste, None, "", "<= 0.05" if bucket > 1 else None,
+                     waste <= 0.05 if bucket > 1 else None)
+
+    # -- 4. time to accuracy vs fastText --------------------------------------------------------------------
+    # set: (test accuracy to reach, training set, lstmcli flags). Each run validates on the test split, so its
+    # log tells when test accuracy first reached the target; SST-2 trains on the GLUE phrases.
+    TARGETS = {
+        "sst2": (0.85, "sst2-glue", dict(bidirectional=True, epochs=3, eval_every=250)),
+        "rotten_tomatoes": (0.78, "rotten_tomatoes", dict(bidirectional=True, epochs=4, eval_every=40)),
+        "imdb": (0.89, "imdb", dict(bidirectional=True, epochs=4, max_length=400, truncation="head-tail",
+                                     pooling="mean-max", eval_every=100)),
+    }
+
+    def accuracy(self):
+        print("time to accuracy on ../shared/datasets, side by side with fastText (times include tokenization)")
+        results = {}
+        for name, (target, train_set, flags) in self.TARGETS.items():
+            if self.quick and name != "sst2":
+                continue
+            folder = self.work / f"tta-{name}-data"
+            folder.mkdir()
+            (folder / "train.jsonl").symlink_to(SHARED / train_set / "train.jsonl")
+            (folder / "test.jsonl").symlink_to(SHARED / name / "test.jsonl")
+            settings = dict(flags, dataset=str(folder), eval_split="test", patience=0,
+                            **(dict(epochs=1, max_steps=300) if self.quick else {}))
+            started = time.perf_counter()
+            final, log, _ = self.train_run(f"tta-{name}", **settings)
+            wall = time.perf_counter() - started
+            setup = wall - log[-1]["elapsed"]  # opening, tokenizing, and the final evaluations
+            trace = [(round(setup + e["elapsed"], 1), e["val_accuracy"]) for e in log]
+            reached = next((t for t, a in trace if a >= target), math.nan)
+            best = max(a for _, a in trace)
+            anchor = train_and_test(SHARED / train_set / "train.jsonl", SHARED / name / "test.jsonl")
+            results[name] = dict(target=target, trace=trace, wall=wall, fasttext=anchor, flags=flags)
+            self.row("accuracy", f"{name}: best test accuracy (lstmcli, {wall:.0f} s run)", best, None, "",
+                     f">= {target}", best >= target)
+            self.row("accuracy", f"{name}: seconds to test accuracy {target}", reached, None, "s")
+            self.row("accuracy", f"{name}: fastText test accuracy ({anchor['train_seconds']:.1f} s)",
+                     anchor["accuracy"], None, "", "lstmcli beats it", best > anchor["accuracy"])
+        self.details["accuracy"] = results
+
+    # -- 5. prediction ------------------------------------------------------------------------------------
+    def predict(self):
+        print("prediction: cold start of `lstmcli predict` vs `import torch`; batch throughput")
+        _, _, run = self.train_run("predict-model", dataset=str(self.imdb_subset(2000, "imdb-pred.jsonl")),
+                                   bidirectional=True, epochs=2, max_length=256)
+        cold = [timed([sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(run), "a quiet, wonderful film"])
+                for _ in range(5)]
+        floor = [timed([sys.executable, "-c", "import torch"]) for _ in range(5)]
+        self.row("predict", "cold start `lstmcli predict TEXT` (s)", statistics.median(cold), statistics.median(floor),
+                 "s", "<= 1.5x import torch", statistics.median(cold) <= 1.5 * statistics.median(floor))
+        test = [json.loads(line) for line in (SHARED / "imdb" / "test.jsonl").open()]
+        test = [test[i] for i in np.random.default_rng(1).permutation(len(test))[:2000 if self.quick else 25000]]
+        texts, labels = [r["text"] for r in test], [str(r["label"]) for r in test]
+        speeds = {}
+        for mode in ("fp32", "bf16", "int8"):
+            predictor = Predictor.load(run, device="cpu", threads=self.num_threads, quantize=mode == "int8",
+                                       precision=None if mode == "int8" else mode)
+            started = time.perf_counter()
+            predictions = predictor.predict(texts)
+            seconds = time.perf_counter() - started
+            accuracy = sum(p.label == y for p, y in zip(predictions, labels)) / len(labels)
+            speeds[mode] = (len(texts) / seconds, accuracy)
+            self.row("predict", f"IMDB test, {mode}: texts/s (accuracy {accuracy:.4f})", len(texts) / seconds,
+                     None, "texts/s")
+        speedup = speeds["int8"][0] / speeds["fp32"][0]
+        drop = speeds["fp32"][1] - speeds["int8"][1]
+        self.row("predict", "int8 (--quantize) speed-up over fp32", speedup, None, "x", ">= 1.5x", speedup >= 1.5)
+        self.row("predict", "int8 accuracy change (points)", -100 * drop, None, "pt", "<= 0.5 lost", drop <= 0.005)
+        self.row("predict", "bf16 speed-up over fp32", speeds["bf16"][0] / speeds["fp32"][0], None, "x")
+
+    # -- 6. memory ----------------------------------------------------------------------------------------
+    def memory(self):
+        big = 200_000 if self.quick else 2_000_000
+        print(f"memory: peak RSS training on 20,000 vs {big:,} generated rows (same steps)")
+        peaks = {}
+        for rows in (20_000, big):
+            folder = self.work / f"rows-{rows}"
+            write_generated(folder, rows)
+            out = self.work / f"mem-{rows}"
+            command = [sys.executable, "-m", "lstmcli", "train", "--dataset", str(folder), "--output-dir", str(out),
+                       "--max-steps", "200", "--threads", str(self.num_threads), "--quiet", "--overwrite"]
+            started = time.perf_counter()
+            process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(process.pid, 0)
+            assert status == 0, process.stderr.read().decode()
+            peaks[rows] = usage.ru_maxrss / 1024
+            self.row("memory", f"peak RSS, {rows:,} rows ({time.perf_counter() - started:.0f} s)", peaks[rows], None, "MB")
+            shutil.rmtree(folder)
+        ratio = peaks[big] / peaks[20_000]
+        self.row("memory", f"peak RSS ratio, {big:,} / 20,000 rows", ratio, None, "x", "<= 1.2x", ratio <= 1.2)
+
+    # -- extras: threads, precision, packing, torch.compile, processes, profile --------------------------------
+    def threads(self):
+        print("threads: one training step, 1 vs 2 threads, idle machine and with one core kept busy")
+        for busy in (False, True):
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+            try:
+                for count in (1, 2):
+                    rate = model_step_rate(count, self.dtype, steps=4 if self.quick else 8)
+                    self.row("threads", f"{count} thread(s), {'one core busy' if busy else 'idle'}", rate, None, "tok/s")
+            finally:
+                if spinner:
+                    spinner.kill()
+
+    def precision(self):
+        print("precision: bf16 autocast vs fp32 on the same run (SST-2, 1-layer BiLSTM, 3 epochs)")
+        for precision in ("fp32", "bf16"):
+            final, log, _ = self.train_run(f"prec-{precision}", dataset=str(SHARED / "sst2"), bidirectional=True,
+                                           epochs=1 if self.quick else 3, precision=precision)
+            rate = statistics.median(e["train_tokens_per_second"] for e in log)
+            self.row("precision", f"{precision}: test accuracy {final['test']['accuracy']:.4f}, training tok/s", rate,
+                     None, "tok/s")
+
+    def packing(self):
+        print("packing: exact dense path vs pack_padded_sequence, BiLSTM-128 training step")
+        for length in (32, 256):
+            dense, packed = packed_vs_dense(length, self.num_threads, self.dtype)
+            self.row("packing", f"T={length}: dense (lstmcli) vs packed, tok/s", dense, packed, "tok/s")
+
+    def compile(self):
+        print("torch.compile: measured once, as advised")
+        try:
+            eager = model_step_rate(self.num_threads, self.dtype, steps=4)
+            compiled = model_step_rate(self.num_threads, self.dtype, steps=4, compile=True)
+            self.row("compile", "torch.compile vs eager, tok/s", compiled, eager, "tok/s")
+        except Exception as e:  # report, never chase: it is known to fail or not help on nn.LSTM
+            self.row("compile", f"torch.compile failed: {type(e).__name__}: {str(e)[:80]}", math.nan)
+
+    def processes(self):
+        print("processes: 1 process x 2 threads vs torchrun 2 processes x 1 thread (IMDB subset, same batches/rank)")
+        subset = self.imdb_subset(3000 if self.quick else 8000, "imdb-ddp.jsonl")
+        flags = ["train", "--dataset", str(subset), "--bidirectional", "--epochs", "1", "--max-steps", "40",
+                 "--quiet", "--overwrite", "--patience", "0"]
+        rates = {}
+        for processes in (1, 2):
+            out = self.work / f"ddp-{processes}"
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                        "-m", "lstmcli"] if processes > 1 else [sys.executable, "-m", "lstmcli"]
+            subprocess.run([*launcher, *flags, "--output-dir", str(out), "--threads", str(2 // processes)], cwd=ROOT,
+                           env=ENV, check=True, capture_output=True)
+            log = [json.loads(line) for line in (out / "log.jsonl").open()]
+            rates[processes] = log[-1]["train_tokens_per_second"] * processes  # each rank logs its own rate
+            self.row("processes", f"{processes} process(es): training tokens/s, all ranks", rates[processes], None, "tok/s")
+        self.row("processes", "2 processes vs 1", rates[2] / rates[1], None, "x")
+
+    def profile(self):
+        print("profile: where a training step's time goes (torch.profiler, self CPU time)")
+        from torch.profiler import ProfilerActivity, profile
+
+        model, batches = profiled_setup(self.dtype)
+        optimizer = torch.optim.AdamW(model.parameters())
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for ids, lengths, y in batches:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+                    loss = F.cross_entropy(model(ids, lengths).float(), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+        self.details["profile"] = table
+        print(table)
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+def lstmcli_batches(out: Path, subset: Path, shape: dict, steps: int):
+    """The first `steps` batches lstmcli trained on in run `out`, rebuilt in memory from its tokenizer."""
+    run = load_run(out)
+    texts, labels = [], []
+    for line in subset.open():
+        row = json.loads(line)
+        if row["text"].strip() and not is_validation_row(row["text"], run.config.val_fraction):
+            texts.append(row["text"])
+            labels.append(row["label"])
+    encoded = encode(run.tokenizer, texts, shape["max_length"])
+    classes = np.array([run.labels.lookup()[k] for k in labels])
+    plan = epoch_plan(encoded.lengths, shape["batch_size"], run.config.bucket_size, run.config.seed, 0)[:steps]
+    return [(*encoded.batch(rows), torch.from_numpy(classes[rows])) for rows in plan]
+
+
+def bare_loop(batches, run, threads: int, precision: str) -> float:
+    """The practical ceiling: the plainest correct training loop over batches already in memory."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = run.config
+    embedding = nn.Embedding(run.tokenizer.get_vocab_size(), config.embed_dim)
+    lstm = nn.LSTM(config.embed_dim, config.hidden_size, batch_first=True, bidirectional=True)
+    linear = nn.Linear(2 * config.hidden_size, len(run.labels.names))
+    optimizer = torch.optim.AdamW([*embedding.parameters(), *lstm.parameters(), *linear.parameters()], lr=1e-3)
+    tokens, started = 0, time.perf_counter()
+    for ids, lengths, y in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outputs, _ = lstm(embedding(ids))
+            logits = linear(outputs.amax(dim=1))
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tokens += int(lengths.sum())
+    return tokens / (time.perf_counter() - started)
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=ENV, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def synthetic_batches(count: int, length: int, batch: int = 64, vocab: int = 20000, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        lengths = torch.randint(int(length * 0.9), length + 1, (batch,), generator=generator)
+        lengths[0] = length
+        ids = torch.randint(1, vocab, (batch, length), generator=generator)
+        ids[torch.arange(length)[None, :] >= lengths[:, None]] = 0
+        batches.append((ids, lengths, torch.randint(0, 2, (batch,), generator=generator)))
+    return batches
+
+
+def model_step_rate(threads: int, precision: str, steps: int, compile: bool = False, length: int = 256) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
+    forward = torch.compile(model) if compile else model
+    optimizer = torch.optim.AdamW(model.parameters())
+    batches = synthetic_batches(steps + 1, length)
+    tokens = 0
+    for index, (ids, lengths, y) in enumerate(batches):
+        if index == 1:
+            started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(forward(ids, lengths).float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        tokens += int(lengths.sum()) if index else 0
+    return tokens / (time.perf_counter() - started)
+
+
+def packed_vs_dense(length: int, threads: int, precision: str) -> tuple[float, float]:
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.set_num_threads(threads)
+    model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    batches = synthetic_batches(6, length)
+
+    def packed_forward(ids, lengths):
+        x = model.embedding(ids)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        outputs, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True, padding_value=float("-inf"))
+        return model.classifier(outputs.amax(dim=1))
+
+    rates = []
+    for forward in (model, packed_forward):
+        tokens = 0
+        for index, (ids, lengths, y) in enumerate(batches):
+            if index == 1:
+                started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss = F.cross_entropy(forward(ids, lengths).float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            tokens += int(lengths.sum()) if index else 0
+        rates.append(tokens / (time.perf_counter() - started))
+    return rates[0], rates[1]
+
+
+def profiled_setup(precision: str):
+    torch.manual_seed(0)
+    return LSTMClassifier(Config(bidirectional=True), 20000, 2).train(), synthetic_batches(6, 256)
+
+
+def write_generated(folder: Path, rows: int) -> None:
+    """Short generated reviews (never committed): enough rows to show whether memory grows with the data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(rows)
+    words = np.array("the a film book meal room staff plot was is very quite really and but not it this".split())
+    good, bad = np.array("great lovely superb fine".split()), np.array("awful dull poor bland".split())
+    with (folder / "train.jsonl").open("w") as f:
+        for start in range(0, rows, 100_000):
+            count = min(100_000, rows - start)
+            labels = rng.integers(0, 2, count)
+            bodies = rng.choice(words, (count, 10))
+            keys = np.where(labels[:, None] == 1, rng.choice(good, (count, 1)), rng.choice(bad, (count, 1)))
+            f.writelines(json.dumps({"text": " ".join(b) + " " + k[0], "label": int(y)}) + "\n"
+                         for b, k, y in zip(bodies, keys, labels))
+    with (folder / "validation.jsonl").open("w") as f:
+        f.writelines(json.dumps({"text": f"the film was {w}", "label": int(w in good)}) + "\n"
+                     for w in np.concatenate([good, bad]))
+
+
+SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
+            "compile", "processes", "profile"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer repeats (under 3 minutes)")
+    parser.add_argument("--only", nargs="*", choices=SECTIONS, help="sections to run")
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"bench: {SHARED} is absent; the benchmarks need the shared datasets beside the checkout.")
+    os.chdir(ROOT)
+    work = Path(tempfile.mkdtemp(prefix="lstmcli-bench-"))
+    bench = Bench(args.quick, work)
+    started = time.perf_counter()
+    print(f"lstmcli bench on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{bench.num_threads} thread(s), {bench.dtype}, torch {torch.__version__}{' (quick)' if args.quick else ''}")
+    try:
+        for name in SECTIONS:
+            if args.only and name not in args.only:
+                continue
+            getattr(bench, name)()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = dict(command=" ".join(["python bench/run.py", *sys.argv[1:]]), date=time.strftime("%Y-%m-%d %H:%M"),
+                  machine=dict(cpu=cpu_name(), cores=os.cpu_count(), threads=bench.num_threads, precision=bench.dtype,
+                               torch=torch.__version__, python=platform.python_version()),
+                  seconds=round(time.perf_counter() - started), rows=bench.rows, details=bench.details)
+    (ROOT / "bench" / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(f"\n{len(bench.rows)} figures in {result['seconds']} s -> bench/results.json")
+
+
+def cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
