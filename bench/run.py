@@ -378,24 +378,29 @@ def synthetic_batches(count: int, length: int, batch: int = 64, vocab: int = 200
     return batches
 
 
-def model_step_rate(threads: int, precision: str, steps: int, compile: bool = False, length: int = 256) -> float:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
-    forward = torch.compile(model) if compile else model
-    optimizer = torch.optim.AdamW(model.parameters())
-    batches = synthetic_batches(steps + 1, length)
-    tokens = 0
-    for index, (ids, lengths, y) in enumerate(batches):
-        if index == 1:
-            started = time.perf_counter()
+def timed_steps(forward, parameters, batches, precision: str) -> float:
+    """Training tokens/s of forward over batches; the first batch only warms up (oneDNN builds its kernels)."""
+    optimizer = torch.optim.AdamW(parameters)
+    tokens, started = 0, None
+    for ids, lengths, y in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(forward(ids, lengths).float(), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        tokens += int(lengths.sum()) if index else 0
+        if started is None:
+            started = time.perf_counter()
+        else:
+            tokens += int(lengths.sum())
     return tokens / (time.perf_counter() - started)
+
+
+def model_step_rate(threads: int, precision: str, steps: int, compile: bool = False, length: int = 256) -> float:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
+    forward = torch.compile(model) if compile else model
+    return timed_steps(forward, model.parameters(), synthetic_batches(steps + 1, length), precision)
 
 
 def packed_vs_dense(length: int, threads: int, precision: str) -> tuple[float, float]:
@@ -403,7 +408,6 @@ def packed_vs_dense(length: int, threads: int, precision: str) -> tuple[float, f
 
     torch.set_num_threads(threads)
     model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
     batches = synthetic_batches(6, length)
 
     def packed_forward(ids, lengths):
@@ -412,20 +416,8 @@ def packed_vs_dense(length: int, threads: int, precision: str) -> tuple[float, f
         outputs, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True, padding_value=float("-inf"))
         return model.classifier(outputs.amax(dim=1))
 
-    rates = []
-    for forward in (model, packed_forward):
-        tokens = 0
-        for index, (ids, lengths, y) in enumerate(batches):
-            if index == 1:
-                started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = F.cross_entropy(forward(ids, lengths).float(), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            tokens += int(lengths.sum()) if index else 0
-        rates.append(tokens / (time.perf_counter() - started))
-    return rates[0], rates[1]
+    return (timed_steps(model, model.parameters(), batches, precision),
+            timed_steps(packed_forward, model.parameters(), batches, precision))
 
 
 def profiled_setup(precision: str):

@@ -27,6 +27,7 @@ app = typer.Typer(help="Train, evaluate and run (Bi)LSTM text classifiers.", no_
 ModelDir = Annotated[Path, typer.Option(help="Run directory written by lstmcli train.")]
 Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present), cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="CPU threads (0: the idle cores this process may use).")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Texts per batch.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables / text lines.")]
 Quantize = Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights for the LSTM and classifier "
                                                            "(CPU; see BENCHMARKS.md for its speed here).")]
@@ -106,7 +107,7 @@ def evaluate(
              "file is evaluated whole.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Text column. Default: the run's, else detected.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column. Default: the run's, else detected.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
+    batch_size: BatchSize = 256,
     device: Device = "auto",
     threads: Threads = 0,
     quantize: Quantize = False,
@@ -134,7 +135,7 @@ def predict(
              "'-' for stdin.")] = None,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of a structured --file.")] = None,
     model_dir: ModelDir = Path("runs/latest"),
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per batch.")] = 256,
+    batch_size: BatchSize = 256,
     device: Device = "auto",
     threads: Threads = 0,
     quantize: Quantize = False,

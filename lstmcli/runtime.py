@@ -105,7 +105,8 @@ def usable_cores() -> int:
     """Cores this process may run on: CPU affinity, capped by a cgroup CPU quota (containers)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with contextlib.suppress(OSError, ValueError):
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) / int(period))))
     return cores

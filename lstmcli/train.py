@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +86,6 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 
     # 5. model and optimizer ------------------------------------------------------------------------------
     torch.manual_seed(config.seed)
-    random.seed(config.seed)
     model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(labels.names)).to(runtime.device)
     report.say(f"model: {describe_model(config)}, {count_parameters(model):,} parameters, "
                f"{len(labels.names)} classes ({', '.join(labels.names)})")
@@ -251,7 +249,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
             position.update(epoch=epoch + 1, batch=0, running=dict(loss=0.0, correct=0, seen=0))
             evaluated_at = position["step"]
             finished = evaluate_and_save(epoch + 1, train_loss) or finished
-        if evaluated_at != position["step"] or not (out / checkpoint.WEIGHTS).exists():
+        if evaluated_at != position["step"] or position["best"] is None:  # the same on every rank
             evaluate_and_save(position["epoch"] + 1, train_loss)
 
     # 7. final metrics, with the best weights ------------------------------------------------------------
@@ -485,8 +483,7 @@ def save_state(out: Path, position: dict, model, optimizer, scaler, averaged) ->
     if averaged:
         tensors["averaged"] = averaged.state_dict()
     checkpoint.save_state(out, dict(position, optimizer_groups=optimizer_state["param_groups"],
-                                    scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                                    python_random=_jsonable(random.getstate())), tensors)
+                                    scaler=scaler.state_dict() if scaler.is_enabled() else None), tensors)
 
 
 def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> dict:
@@ -516,17 +513,6 @@ def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> 
         cuda_states = [tensors["rng"][k] for k in sorted(tensors["rng"]) if k.startswith("cuda.")]
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
-    python_random = position.pop("python_random", None)
-    if python_random:
-        random.setstate(_tupled(python_random))
     for key in ("state", "checksums"):
         position.pop(key, None)
     return position
-
-
-def _jsonable(value):
-    return [_jsonable(v) for v in value] if isinstance(value, (tuple, list)) else value
-
-
-def _tupled(value):
-    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
