@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY, TINY_SETTINGS, assert_one_line_error, make_rows, named, write_jsonl
 from lstmcli.config import Config
-from lstmcli.data import Labels, choose_splits, is_validation_row, label_key, open_source, pick_column
+from lstmcli.data import Labels, choose_splits, is_validation_row, label_key, open_source, pick_column, read_rows
 from lstmcli.errors import UserError
 from lstmcli.train import train
 
@@ -174,3 +174,30 @@ def test_missing_labels_are_skipped_with_a_count_or_fail_with_strict(tmp_path, c
     assert code == 0 and "skipped" in err and "without label" in err
     code, _, err = cli("train", "--dataset", path, "--output-dir", tmp_path / "b", "--strict", *TINY)
     assert_one_line_error(code, err, "no label", "--strict")
+
+
+def test_the_hub_code_path_loads_a_dataset_repository_from_local_files(tmp_path):
+    """A folder laid out like a Hub dataset repo (a dataset card naming two configs), through the very call
+    lstmcli makes for Hub names: load_dataset(name, config, streaming=True)."""
+    from lstmcli.data import _open_hub
+
+    repo = tmp_path / "owner__reviews"
+    write_jsonl(repo / "full" / "train.jsonl", named(make_rows(40)))
+    write_jsonl(repo / "full" / "test.jsonl", named(make_rows(10, seed=1)))
+    write_jsonl(repo / "small" / "train.jsonl", named(make_rows(8)))
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: full\n  data_files:\n  - split: train\n    path: full/train.jsonl\n"
+        "  - split: test\n    path: full/test.jsonl\n- config_name: small\n  data_files:\n  - split: train\n"
+        "    path: small/train.jsonl\n---\n")
+    full = _open_hub(str(repo), "full")
+    assert sorted(full.splits) == ["test", "train"]
+    assert sum(len(t) for t, _ in read_rows(full.split("train"), "hub", "text", "label")) == 40
+    small = _open_hub(str(repo), "small")
+    assert sum(len(t) for t, _ in read_rows(small.split("train"), "hub", "text", "label")) == 8
+    with pytest.raises(UserError, match="--dataset-config"):
+        _open_hub(str(repo), "missing")
+
+
+def test_an_unreachable_hub_gives_the_way_out():
+    with pytest.raises(UserError, match="use local files .* HF_DATASETS_OFFLINE=1"):
+        open_source("someone/not-cached-anywhere")

@@ -119,3 +119,29 @@ def test_interrupt_and_resume_is_exact_with_ema_and_word_dropout(tmp_path, monke
     assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
     record = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert record["settings"]["ema"] == 0.9 and record["settings"]["word_dropout"] == 0.1
+
+
+def test_quantized_predictions_agree_with_float_ones(tiny_run, cli):
+    from lstmcli.predict import Predictor
+
+    texts = [" ".join(r["text"] for r in make_rows(3, seed=s)) for s in range(40)]
+    exact = Predictor.load(tiny_run, device="cpu", precision="fp32").predict(texts)
+    quantized = Predictor.load(tiny_run, device="cpu", quantize=True).predict(texts)
+    assert sum(a.label == b.label for a, b in zip(exact, quantized)) >= 38
+    assert max(abs(a.probability - b.probability) for a, b in zip(exact, quantized)) < 0.05
+    code, out, _ = cli("eval", "--model-dir", tiny_run, "--quantize", "--json")
+    assert code == 0 and json.loads(out)["accuracy"] > 0.85
+    code, _, err = cli("predict", "--model-dir", tiny_run, "--quantize", "--device", "cuda", "x")
+    assert code == 1 and "CUDA" in err
+
+
+def test_auto_resume_resumes_a_state_and_replaces_only_an_unsaved_start(tmp_path):
+    from lstmcli.checkpoint import restartable
+
+    assert restartable(tmp_path / "new") == (False, False)
+    (tmp_path / "config.json").write_text("{}")  # a run stopped before it saved anything
+    assert restartable(tmp_path) == (False, True)
+    (tmp_path / "model.safetensors").write_text("weights")  # something of value: never replaced
+    assert restartable(tmp_path) == (False, False)
+    (tmp_path / "resume.json").write_text("{}")
+    assert restartable(tmp_path) == (True, False)
