@@ -178,34 +178,41 @@ def read_errors(what: str):
     import pandas
 
     with warnings.catch_warnings():
+        # pandas only warns when a CSV row has more fields than the header; that row is broken.
         warnings.simplefilter("error", pandas.errors.ParserWarning)
         try:
             yield
         except UserError:
             raise
-        except UnicodeDecodeError as e:
-            raise UserError(f"{what} is not valid UTF-8 (byte {e.object[e.start:e.start + 1]!r} at offset "
-                            f"{e.start}): re-encode it, e.g. iconv -f cp1252 -t utf-8.") from None
-        except StopIteration:  # what the json builder raises on a file without rows
-            raise UserError(f"{what} has no rows: give a dataset with at least one row.") from None
-        except FileNotFoundError as e:
-            raise UserError(f"{what}: file not found ({_first_line(e)}): check the path.") from None
-        except (pandas.errors.ParserError, pandas.errors.ParserWarning) as e:
-            raise UserError(f"{what} has malformed CSV rows ({_first_line(e)}): quote fields that contain "
-                            "the separator and give every row the header's number of fields.") from None
-        except ConnectionError as e:
-            raise UserError(f"lost the connection while reading {what} ({_first_line(e)}): retry, or use "
-                            "a local copy of the data.") from None
-        except Exception as e:
-            cause = e.__cause__ or e.__context__ or e
-            if isinstance(cause, UnicodeDecodeError | pandas.errors.ParserError | pandas.errors.ParserWarning):
-                with read_errors(what):
-                    raise cause from None
-            if type(e).__module__.split(".")[0] in ("pyarrow", "datasets", "pandas", "json"):
-                raise UserError(f"cannot parse {what} ({type(cause).__name__}: {_first_line(cause)}): check "
-                                "that the file matches its extension (csv, tsv, json, jsonl, parquet).") \
-                    from None
-            raise
+        except Exception as error:
+            # The library's wrapper error explains least: try what caused it first.
+            explained = next(filter(None, (_explain(e, what) for e in (error.__cause__, error.__context__, error)
+                                           if e is not None)), None)
+            if explained is None:
+                raise
+            raise explained from None
+
+
+def _explain(error: BaseException, what: str) -> UserError | None:
+    import pandas
+
+    if isinstance(error, UnicodeDecodeError):
+        return UserError(f"{what} is not valid UTF-8 (byte {error.object[error.start:error.start + 1]!r} at offset "
+                         f"{error.start}): re-encode it, e.g. iconv -f cp1252 -t utf-8.")
+    if isinstance(error, StopIteration):  # what the json builder raises on a file without rows
+        return UserError(f"{what} has no rows: give a dataset with at least one row.")
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"{what}: file not found ({_first_line(error)}): check the path.")
+    if isinstance(error, pandas.errors.ParserError | pandas.errors.ParserWarning):
+        return UserError(f"{what} has malformed CSV rows ({_first_line(error)}): quote fields that contain the "
+                         "separator and give every row the header's number of fields.")
+    if isinstance(error, ConnectionError):
+        return UserError(f"lost the connection while reading {what} ({_first_line(error)}): retry, or use a "
+                         "local copy of the data.")
+    if type(error).__module__.split(".")[0] in ("pyarrow", "datasets", "pandas", "json"):
+        return UserError(f"cannot parse {what} ({type(error).__name__}: {_first_line(error)}): check that the "
+                         "file matches its extension (csv, tsv, json, jsonl, parquet).")
+    return None
 
 
 # -- columns and labels -------------------------------------------------------------------------------
