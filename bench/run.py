@@ -85,8 +85,8 @@ class Bench:
     # -- 1. training step vs a bare PyTorch loop ----------------------------------------------------------
     def step(self):
         print("training step: lstmcli's loop vs a bare nn.Embedding + nn.LSTM + nn.Linear loop, same batches")
-        subset = self.imdb_subset(3000 if self.quick else 8000, "imdb-step.jsonl")
-        steps = 30 if self.quick else 100
+        subset = self.imdb_subset(2000 if self.quick else 8000, "imdb-step.jsonl")
+        steps = 20 if self.quick else 100
         # The same work as the bare loop: no dropout there, so none here; its cost is reported on its own.
         shape = dict(max_length=256, batch_size=64, bidirectional=True, embed_dim=128, hidden_size=128,
                      embedding_dropout=0.0)
@@ -181,7 +181,7 @@ class Bench:
             (folder / "train.jsonl").symlink_to(SHARED / train_set / "train.jsonl")
             (folder / "test.jsonl").symlink_to(SHARED / name / "test.jsonl")
             settings = dict(flags, dataset=str(folder), eval_split="test", patience=0,
-                            **(dict(epochs=1, max_steps=300) if self.quick else {}))
+                            **(dict(epochs=1, max_steps=150, eval_every=75) if self.quick else {}))
             started = time.perf_counter()
             final, log, _ = self.train_run(f"tta-{name}", **settings)
             wall = time.perf_counter() - started
@@ -203,13 +203,16 @@ class Bench:
         print("prediction: cold start of `lstmcli predict` vs `import torch`; batch throughput")
         _, _, run = self.train_run("predict-model", dataset=str(self.imdb_subset(2000, "imdb-pred.jsonl")),
                                    bidirectional=True, epochs=2, max_length=256)
-        cold = [timed([sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(run), "a quiet, wonderful film"])
-                for _ in range(5)]
-        floor = [timed([sys.executable, "-c", "import torch"]) for _ in range(5)]
+        repeats = 3 if self.quick else 7
+        cold, floor = [], []
+        for _ in range(repeats):  # interleaved, so both see the same machine
+            cold.append(timed([sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(run),
+                               "a quiet, wonderful film"]))
+            floor.append(timed([sys.executable, "-c", "import torch"]))
         self.row("predict", "cold start `lstmcli predict TEXT` (s)", statistics.median(cold), statistics.median(floor),
                  "s", "<= 1.5x import torch", statistics.median(cold) <= 1.5 * statistics.median(floor))
         test = [json.loads(line) for line in (SHARED / "imdb" / "test.jsonl").open()]
-        test = [test[i] for i in np.random.default_rng(1).permutation(len(test))[:2000 if self.quick else 25000]]
+        test = [test[i] for i in np.random.default_rng(1).permutation(len(test))[:1000 if self.quick else 25000]]
         texts, labels = [r["text"] for r in test], [str(r["label"]) for r in test]
         speeds = {}
         for mode in ("fp32", "bf16", "int8"):
@@ -230,7 +233,7 @@ class Bench:
 
     # -- 6. memory ----------------------------------------------------------------------------------------
     def memory(self):
-        big = 200_000 if self.quick else 2_000_000
+        big = 100_000 if self.quick else 2_000_000
         print(f"memory: peak RSS training on 20,000 vs {big:,} generated rows (same steps)")
         peaks = {}
         for rows in (20_000, big):
@@ -251,13 +254,15 @@ class Bench:
 
     # -- extras: threads, precision, packing, torch.compile, processes, profile --------------------------------
     def threads(self):
-        print("threads: one training step, 1 vs 2 threads, idle machine and with one core kept busy")
+        print("threads: one training step, 1 vs 2 threads, on the machine as found and with a busy-loop "
+              "process holding one core")
         for busy in (False, True):
             spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
             try:
                 for count in (1, 2):
-                    rate = model_step_rate(count, self.dtype, steps=4 if self.quick else 8)
-                    self.row("threads", f"{count} thread(s), {'one core busy' if busy else 'idle'}", rate, None, "tok/s")
+                    rate = model_step_rate(count, self.dtype, steps=2 if self.quick else 8)
+                    self.row("threads", f"{count} thread(s), {'one core held by a busy loop' if busy else 'as found'}",
+                             rate, None, "tok/s")
             finally:
                 if spinner:
                     spinner.kill()
@@ -279,6 +284,9 @@ class Bench:
 
     def compile(self):
         print("torch.compile: measured once, as advised")
+        if self.quick:
+            print("  skipped in --quick (compiling takes about a minute)")
+            return
         try:
             eager = model_step_rate(self.num_threads, self.dtype, steps=4)
             compiled = model_step_rate(self.num_threads, self.dtype, steps=4, compile=True)
@@ -288,8 +296,9 @@ class Bench:
 
     def processes(self):
         print("processes: 1 process x 2 threads vs torchrun 2 processes x 1 thread (IMDB subset, same batches/rank)")
-        subset = self.imdb_subset(3000 if self.quick else 8000, "imdb-ddp.jsonl")
-        flags = ["train", "--dataset", str(subset), "--bidirectional", "--epochs", "1", "--max-steps", "40",
+        subset = self.imdb_subset(2000 if self.quick else 8000, "imdb-ddp.jsonl")
+        steps = "20" if self.quick else "60"
+        flags = ["train", "--dataset", str(subset), "--bidirectional", "--epochs", "1", "--max-steps", steps,
                  "--quiet", "--overwrite", "--patience", "0"]
         rates = {}
         for processes in (1, 2):
