@@ -1,5 +1,7 @@
 """The settings table: validation and the order in which defaults, recipes and flags apply."""
 
+from pathlib import Path
+
 import pytest
 
 from lstmcli.config import Config, differences, merge, read_recipe
@@ -41,3 +43,10 @@ def test_resume_differences_ignore_resumable_settings():
     assert differences(saved, Config(epochs=20, device="cpu", patience=9)) == []
     assert differences(saved, Config(hidden_size=64, dataset="other")) == [
         "--dataset: 'data/sample' -> 'other'", "--hidden-size: 128 -> 64"]
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[1] / "recipes").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_recipes_are_valid_and_name_a_shared_set(recipe):
+    config = merge(read_recipe(recipe), {})
+    assert config.dataset.startswith("../shared/datasets/"), "recipes are run from the checkout"
+    assert config.dataset != Config().dataset
