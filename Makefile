@@ -31,7 +31,7 @@ test: install
 install-bench: install  ## fastText, the anchor the benchmarks compare against
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 
-bench: install-bench  ## speed figures (about 30 minutes; ARGS=--quick for 3); writes bench/results.json
+bench: install-bench  ## speed figures (about 25 minutes; ARGS=--quick: under 3, into bench/results-quick.json); writes bench/results.json
 	$(BIN)/python bench/run.py $(ARGS)
 
 reproduce: install-bench  ## train every recipe, evaluate it, compare with fastText; writes RESULTS.md

@@ -7,7 +7,8 @@ encode_batch), padding (padded share of IMDB batches), accuracy (time to a test 
 predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
 threads, precision, packing, compile, processes (1 vs 2 under torchrun), profile. Every comparison runs
 in this one process and run, repeated, and reported as a median and a ratio: the machine is shared and
-noisy. Prints a table and writes bench/results.json; BENCHMARKS.md records a full run with its analysis.
+noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
+records a full run with its analysis.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from fasttext_anchor import train_and_test  # noqa: E402
 from lstmcli import tokenized  # noqa: E402
 from lstmcli.batching import epoch_plan, prefetch  # noqa: E402
 from lstmcli.checkpoint import load_run  # noqa: E402
-from lstmcli.config import Config  # noqa: E402
+from lstmcli.config import Config, read_recipe  # noqa: E402
 from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
 from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
@@ -57,8 +58,9 @@ class Bench:
         self.rows: list[dict] = []
         self.details: dict = {}
 
-    def row(self, section, metric, value, reference=None, unit="", target=None, met=None):
-        ratio = value / reference if reference else None
+    def row(self, section, metric, value, reference=None, unit="", target=None, met=None, ratio=None):
+        """One figure; `ratio` defaults to value / reference (pass the median of paired ratios instead)."""
+        ratio = ratio if ratio is not None else value / reference if reference else None
         self.rows.append(dict(section=section, metric=metric, value=value, reference=reference, ratio=ratio,
                               unit=unit, target=target, met=met))
         shown = f"{value:,.3f}" if isinstance(value, float) and value < 100 else f"{value:,.0f}"
@@ -101,8 +103,9 @@ class Bench:
             ratios.append(lstmcli_rate / bare_rate)
         self.details["step"] = dict(lstmcli=lstmcli_rates, bare=bare_rates, steps=steps, **shape)
         self.train_rate = statistics.median(lstmcli_rates)
+        ratio = statistics.median(ratios)  # of the pairs measured back to back: steadier than a ratio of medians
         self.row("step", "lstmcli training tokens/s (1-layer BiLSTM-128, B64, IMDB, T<=256)", self.train_rate,
-                 statistics.median(bare_rates), "tok/s", ">= 0.95 of bare", statistics.median(ratios) >= 0.95)
+                 statistics.median(bare_rates), "tok/s", ">= 0.95 of bare", ratio >= 0.95, ratio=ratio)
         _, log, _ = self.train_run("step", dataset=str(subset), max_steps=steps, epochs=1,
                                    **dict(shape, embedding_dropout=0.2))
         self.row("step", "the same with the default --embedding-dropout 0.2", log[-1]["train_tokens_per_second"],
@@ -161,27 +164,25 @@ class Bench:
                      waste <= 0.05 if bucket > 1 else None)
 
     # -- 4. time to accuracy vs fastText --------------------------------------------------------------------
-    # set: (test accuracy to reach, training set, lstmcli flags). Each run validates on the test split, so its
-    # log tells when test accuracy first reached the target; SST-2 trains on the GLUE phrases.
-    TARGETS = {
-        "sst2": (0.85, "sst2-glue", dict(bidirectional=True, epochs=3, eval_every=250)),
-        "rotten_tomatoes": (0.78, "rotten_tomatoes", dict(bidirectional=True, epochs=4, eval_every=40)),
-        "imdb": (0.89, "imdb", dict(bidirectional=True, epochs=4, max_length=400, truncation="head-tail",
-                                     pooling="mean-max", eval_every=100)),
-    }
+    # set: (test accuracy to reach, how often to evaluate). Each run is the set's recipe from recipes/,
+    # validating on the test split, so its log tells when test accuracy first reached the target.
+    TARGETS = {"sst2": (0.85, 250), "rotten_tomatoes": (0.78, 40), "imdb": (0.89, 200)}
 
     def accuracy(self):
         print("time to accuracy on ../shared/datasets, side by side with fastText (times include tokenization)")
         results = {}
-        for name, (target, train_set, flags) in self.TARGETS.items():
+        for name, (target, eval_every) in self.TARGETS.items():
             if self.quick and name != "sst2":
                 continue
+            flags = read_recipe(ROOT / "recipes" / f"{name}.toml")
+            train_set = Path(flags.pop("dataset")).name
             folder = self.work / f"tta-{name}-data"
             folder.mkdir()
             (folder / "train.jsonl").symlink_to(SHARED / train_set / "train.jsonl")
             (folder / "test.jsonl").symlink_to(SHARED / name / "test.jsonl")
-            settings = dict(flags, dataset=str(folder), eval_split="test", patience=0,
-                            **(dict(epochs=1, max_steps=150, eval_every=75) if self.quick else {}))
+            settings = dict(flags, dataset=str(folder), eval_split="test", eval_every=eval_every, patience=0)
+            if self.quick:
+                settings.update(epochs=1, max_steps=150, eval_every=75)
             started = time.perf_counter()
             final, log, _ = self.train_run(f"tta-{name}", **settings)
             wall = time.perf_counter() - started
@@ -244,9 +245,8 @@ class Bench:
                        "--max-steps", "200", "--threads", str(self.num_threads), "--quiet", "--overwrite"]
             started = time.perf_counter()
             process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _, status, usage = os.wait4(process.pid, 0)
-            assert status == 0, process.stderr.read().decode()
-            peaks[rows] = usage.ru_maxrss / 1024
+            peaks[rows] = peak_rss_mb(process)
+            assert process.returncode == 0, process.stderr.read().decode()
             self.row("memory", f"peak RSS, {rows:,} rows ({time.perf_counter() - started:.0f} s)", peaks[rows], None, "MB")
             shutil.rmtree(folder)
         ratio = peaks[big] / peaks[20_000]
@@ -369,6 +369,20 @@ def bare_loop(batches, run, threads: int, precision: str) -> float:
     return tokens / (time.perf_counter() - started)
 
 
+def peak_rss_mb(process: subprocess.Popen) -> float:
+    """The child's own high-water RSS, polled until it exits. (wait4's ru_maxrss is no use here: Linux carries
+    the parent's peak over into a child across fork and exec, so every child would report this process's.)"""
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))))
+        except (OSError, StopIteration):
+            pass  # exiting between poll() and the read
+        time.sleep(0.05)
+    return peak / 1024
+
+
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run(command, cwd=ROOT, env=ENV, check=True, capture_output=True)
@@ -477,12 +491,25 @@ def main() -> None:
             getattr(bench, name)()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = dict(command=" ".join(["python bench/run.py", *sys.argv[1:]]), date=time.strftime("%Y-%m-%d %H:%M"),
-                  machine=dict(cpu=cpu_name(), cores=os.cpu_count(), threads=bench.num_threads, precision=bench.dtype,
-                               torch=torch.__version__, python=platform.python_version()),
-                  seconds=round(time.perf_counter() - started), rows=bench.rows, details=bench.details)
-    (ROOT / "bench" / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(f"\n{len(bench.rows)} figures in {result['seconds']} s -> bench/results.json")
+    run = dict(command=" ".join(["python bench/run.py", *sys.argv[1:]]), date=time.strftime("%Y-%m-%d %H:%M"),
+               machine=dict(cpu=cpu_name(), cores=os.cpu_count(), threads=bench.num_threads, precision=bench.dtype,
+                            torch=torch.__version__, python=platform.python_version()),
+               seconds=round(time.perf_counter() - started))
+    path = ROOT / "bench" / ("results-quick.json" if args.quick else "results.json")
+    write_results(path, run, bench, args.only)
+    print(f"\n{len(bench.rows)} figures in {run['seconds']} s -> {path.relative_to(ROOT)}")
+
+
+def write_results(path: Path, run: dict, bench: Bench, only: list[str] | None) -> None:
+    """The figures as JSON; a run of some sections (--only) replaces just those sections' figures."""
+    result = dict(run, rows=bench.rows, details=bench.details, updates=[])
+    if only and path.exists():
+        previous = json.loads(path.read_text())
+        kept = [r for r in previous["rows"] if r["section"] not in only]
+        result = dict(previous, rows=kept + bench.rows,
+                      details={**previous["details"], **bench.details},
+                      updates=[*previous.get("updates", []), dict(run, sections=only)])
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
 
 def cpu_name() -> str:
