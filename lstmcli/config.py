@@ -79,8 +79,6 @@ class Config:
     dropout: float = setting(0.0, "Dropout between LSTM layers, as nn.LSTM applies it (no effect with "
                              "one layer).", group="model", low=0.0, high=0.99)
     embedding_dropout: float = setting(0.2, "Dropout on the embeddings.", group="model", low=0.0, high=0.99)
-    word_dropout: float = setting(0.0, "Drop whole tokens (zero their embedding) with this probability while "
-                                  "training.", group="model", low=0.0, high=0.9)
     embeddings: str | None = setting(None, "Pretrained word vectors to start from (GloVe, word2vec or fastText "
                                      ".vec text format): tokens they cover get their vector, the others a "
                                      "random one.", group="model")
@@ -108,8 +106,6 @@ class Config:
                             group="training", low=0.0, high=0.9)
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).", group="training",
                                low=0.0)
-    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy loss.", group="training",
-                                     low=0.0, high=0.9)
     ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
                          "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "

@@ -21,7 +21,6 @@ class LSTMClassifier(nn.Module):
     def __init__(self, config: Config, vocab_size: int, num_classes: int):
         super().__init__()
         self.pooling = config.pooling
-        self.word_dropout = config.word_dropout
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=PAD_ID)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.lstm = nn.LSTM(config.embed_dim, config.hidden_size, num_layers=config.layers, bias=config.bias,
@@ -42,8 +41,6 @@ class LSTMClassifier(nn.Module):
         """Logits (batch, classes) for token ids (batch, time) right-padded to their lengths (>= 1)."""
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         x = self.embedding(ids)
-        if self.training and self.word_dropout:
-            x = x * (torch.rand(ids.shape, device=ids.device) >= self.word_dropout)[:, :, None]
         x = self.embedding_dropout(x)
         h0, c0 = self._initial_state(ids.shape[0], x)
         if self.lstm.bidirectional or self.quantized_directions is not None:

@@ -207,8 +207,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                     set_lr(optimizer, learning_rate(position["step"], total_steps, warmup_steps, config))
                     with runtime.autocast():
                         logits = trained(ids, lengths)
-                    loss = F.cross_entropy(logits.float(), targets, weight=class_weights,
-                                           label_smoothing=config.label_smoothing)
+                    loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
                         raise UserError(f"the loss became {loss_value} at step {position['step'] + 1}: training "

@@ -57,14 +57,17 @@ def named(rows: list[dict], names=("negative", "positive")) -> list[dict]:
     return [{"text": r["text"], "label": names[r["label"]]} for r in rows]
 
 
+def write_splits(folder: Path, *, train: int, validation: int, test: int, seed: int) -> Path:
+    """train/validation/test.jsonl of generated rows with string labels, each split from its own seed."""
+    for offset, (split, count) in enumerate((("train", train), ("validation", validation), ("test", test))):
+        write_jsonl(folder / f"{split}.jsonl", named(make_rows(count, seed=seed + offset)))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A folder with train/validation/test.jsonl, string labels negative/positive."""
-    folder = tmp_path_factory.mktemp("tiny")
-    write_jsonl(folder / "train.jsonl", named(make_rows(400, seed=1)))
-    write_jsonl(folder / "validation.jsonl", named(make_rows(100, seed=2)))
-    write_jsonl(folder / "test.jsonl", named(make_rows(100, seed=3)))
-    return folder
+    return write_splits(tmp_path_factory.mktemp("tiny"), train=400, validation=100, test=100, seed=1)
 
 
 @pytest.fixture(scope="session")

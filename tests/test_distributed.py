@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import OFFLINE, ROOT, make_rows, named, run_cli, write_jsonl
+from conftest import OFFLINE, ROOT, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli import runtime
 from lstmcli.checkpoint import load_run
 from lstmcli.errors import UserError
@@ -29,11 +29,8 @@ def torchrun(*args, processes=2, **popen):
 
 @pytest.fixture(scope="module")
 def odd_dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("odd")
-    write_jsonl(folder / "train.jsonl", named(make_rows(1001, seed=21)))  # an odd number of rows
-    write_jsonl(folder / "validation.jsonl", named(make_rows(201, seed=22)))
-    write_jsonl(folder / "test.jsonl", named(make_rows(99, seed=23)))
-    return folder
+    # odd numbers of rows, so that the two ranks' shards differ in length
+    return write_splits(tmp_path_factory.mktemp("odd"), train=1001, validation=201, test=99, seed=21)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The model and training levers recipes use: vectors, truncation, word dropout, EMA, schedules."""
+"""The model and training levers recipes use: vectors, truncation, EMA, schedules."""
 
 import json
 import os
@@ -12,7 +12,6 @@ from lstmcli import train as train_module
 from lstmcli.checkpoint import load_run
 from lstmcli.config import Config
 from lstmcli.errors import Interrupted, UserError
-from lstmcli.model import LSTMClassifier
 from lstmcli.tokenizer import encode, train_tokenizer
 from lstmcli.train import learning_rate, train
 from lstmcli.vectors import load_vectors
@@ -72,18 +71,6 @@ def test_truncation_keeps_the_chosen_end():
     assert [word[i] for i in ids["head-tail"]] == ["w0", "w1"] + [f"w{i}" for i in range(14, 20)]
 
 
-def test_word_dropout_zeroes_whole_tokens_only_while_training():
-    model = LSTMClassifier(Config(embed_dim=8, hidden_size=4, word_dropout=0.5, embedding_dropout=0.0), 30, 2)
-    seen = {}
-    model.lstm.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0]))
-    ids, lengths = torch.randint(1, 30, (4, 50)), torch.full((4,), 50)
-    model.train()(ids, lengths)
-    zeroed = (seen["x"] == 0).all(dim=2).float().mean().item()
-    assert 0.35 < zeroed < 0.65
-    model.eval()(ids, lengths)
-    assert not (seen["x"] == 0).all(dim=2).any()
-
-
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
 def test_schedules_warm_up_then_decay(schedule):
     config = Config(lr=1.0, schedule=schedule)
@@ -93,12 +80,12 @@ def test_schedules_warm_up_then_decay(schedule):
     assert all(a >= b - 1e-12 for a, b in zip(rates[10:], rates[11:]))
 
 
-def test_interrupt_and_resume_is_exact_with_ema_and_word_dropout(tmp_path, monkeypatch):
+def test_interrupt_and_resume_is_exact_with_ema_and_a_schedule(tmp_path, monkeypatch):
     rows = named(make_rows(600))
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "validation.jsonl", named(make_rows(100, seed=3)))
-    levers = dict(ema=0.9, word_dropout=0.1, label_smoothing=0.1, schedule="cosine", epochs=3)
+    levers = dict(ema=0.9, embedding_dropout=0.3, schedule="cosine", epochs=3)
     whole = train(Config(dataset=str(data), output_dir=str(tmp_path / "whole"), **{**TINY_SETTINGS, **levers}),
                   quiet=True)
 
@@ -118,7 +105,7 @@ def test_interrupt_and_resume_is_exact_with_ema_and_word_dropout(tmp_path, monke
     assert resumed["validation"] == whole["validation"]
     assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
     record = json.loads((tmp_path / "cut" / "config.json").read_text())
-    assert record["settings"]["ema"] == 0.9 and record["settings"]["word_dropout"] == 0.1
+    assert record["settings"]["ema"] == 0.9 and record["settings"]["schedule"] == "cosine"
 
 
 def test_quantized_predictions_agree_with_float_ones(tiny_run, cli):

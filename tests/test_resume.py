@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import OFFLINE, ROOT, TINY, assert_one_line_error, make_rows, named, run_cli, write_jsonl
+from conftest import OFFLINE, ROOT, TINY, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 
 FLAGS = ["--embed-dim", "32", "--hidden-size", "32", "--batch-size", "8", "--epochs", "2", "--threads", "1",
          "--min-frequency", "1", "--save-every", "20", "--bidirectional", "--quiet"]
@@ -18,11 +18,7 @@ FLAGS = ["--embed-dim", "32", "--hidden-size", "32", "--batch-size", "8", "--epo
 @pytest.fixture(scope="module")
 def long_dataset(tmp_path_factory):
     """Enough steps (2 x 375) to stop a run in the middle."""
-    folder = tmp_path_factory.mktemp("long")
-    write_jsonl(folder / "train.jsonl", named(make_rows(3000, seed=11)))
-    write_jsonl(folder / "validation.jsonl", named(make_rows(200, seed=12)))
-    write_jsonl(folder / "test.jsonl", named(make_rows(200, seed=13)))
-    return folder
+    return write_splits(tmp_path_factory.mktemp("long"), train=3000, validation=200, test=200, seed=11)
 
 
 @pytest.fixture(scope="module")
