@@ -19,11 +19,10 @@ import time
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fasttext_anchor import train_and_test  # noqa: E402
+from run import ENV, ROOT, SHARED, cpu_name  # noqa: E402
 
 # recipe -> (the set whose test split scores it, the goal from the issue, fastText's figure quoted there)
 RECIPES = {
@@ -32,8 +31,6 @@ RECIPES = {
     "rotten_tomatoes": ("rotten_tomatoes", 0.790, 0.778),
     "sst5": ("sst5", 0.440, 0.409),
 }
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
 
 def lstmcli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lstmcli", *args], cwd=ROOT, env=ENV, text=True, capture_output=True)
@@ -95,13 +92,6 @@ def write_results(results: list[dict]) -> None:
     for r in results:
         lines += [f"**{r['name']}**", "", "```", *r["commands"], "```", ""]
     (ROOT / "RESULTS.md").write_text("\n".join(lines))
-
-
-def cpu_name() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ records a full run with its analysis.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -68,11 +69,15 @@ class Bench:
         print(f"  {metric}: {shown} {unit}{extra}" + (f"  target {target}: {'met' if met else 'NOT met'}"
                                                        if target else ""), flush=True)
 
+    @functools.cached_property
+    def imdb_train(self) -> list[dict]:
+        """IMDB's training rows, read once for every section that samples them."""
+        return [json.loads(line) for line in (SHARED / "imdb" / "train.jsonl").open()]
+
     def imdb_subset(self, count: int, name: str) -> Path:
-        """A label-balanced random sample of IMDB train, as a file of its own."""
-        rows = [json.loads(line) for line in (SHARED / "imdb" / "train.jsonl").open()]
-        rng = np.random.default_rng(0)
-        picked = [rows[i] for i in rng.permutation(len(rows))[:count]]
+        """A seeded random sample of IMDB train, as a file of its own."""
+        rows = self.imdb_train
+        picked = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:count]]
         path = self.work / name
         path.write_text("".join(json.dumps(r) + "\n" for r in picked))
         return path
@@ -152,7 +157,7 @@ class Bench:
     # -- 3. padding waste ---------------------------------------------------------------------------------
     def padding(self):
         print("padding: share of padded positions in IMDB batches of 64, --max-length 400")
-        texts = [json.loads(line)["text"] for line in (SHARED / "imdb" / "train.jsonl").open()]
+        texts = [row["text"] for row in self.imdb_train]
         tokenizer = train_tokenizer([texts[:5000]], "wordlevel", 20000, 2, True)
         lengths = encode(tokenizer, texts, 400).lengths
         for name, bucket in (("random batches (--bucket-size 1)", 1), ("lstmcli (--bucket-size 50)", 50)):
@@ -316,15 +321,10 @@ class Bench:
         print("profile: where a training step's time goes (torch.profiler, self CPU time)")
         from torch.profiler import ProfilerActivity, profile
 
-        model, batches = profiled_setup(self.dtype)
-        optimizer = torch.optim.AdamW(model.parameters())
+        torch.manual_seed(0)
+        model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for ids, lengths, y in batches:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
-                    loss = F.cross_entropy(model(ids, lengths).float(), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            timed_steps(model, model.parameters(), synthetic_batches(6, 256), self.dtype)
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
         self.details["profile"] = table
         print(table)
@@ -355,18 +355,10 @@ def bare_loop(batches, run, threads: int, precision: str) -> float:
     embedding = nn.Embedding(run.tokenizer.get_vocab_size(), config.embed_dim)
     lstm = nn.LSTM(config.embed_dim, config.hidden_size, batch_first=True, bidirectional=True)
     linear = nn.Linear(2 * config.hidden_size, len(run.labels.names))
-    optimizer = torch.optim.AdamW([*embedding.parameters(), *lstm.parameters(), *linear.parameters()], lr=1e-3)
-    tokens, started = 0, time.perf_counter()
-    for ids, lengths, y in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            outputs, _ = lstm(embedding(ids))
-            logits = linear(outputs.amax(dim=1))
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        tokens += int(lengths.sum())
-    return tokens / (time.perf_counter() - started)
+    # Every step counts, the first too, as in lstmcli's own tokens/s.
+    return timed_steps(lambda ids, lengths: linear(lstm(embedding(ids))[0].amax(dim=1)),
+                       [*embedding.parameters(), *lstm.parameters(), *linear.parameters()], batches, precision,
+                       warm_up=False)
 
 
 def peak_rss_mb(process: subprocess.Popen) -> float:
@@ -401,10 +393,11 @@ def synthetic_batches(count: int, length: int, batch: int = 64, vocab: int = 200
     return batches
 
 
-def timed_steps(forward, parameters, batches, precision: str) -> float:
-    """Training tokens/s of forward over batches; the first batch only warms up (oneDNN builds its kernels)."""
-    optimizer = torch.optim.AdamW(parameters)
-    tokens, started = 0, None
+def timed_steps(forward, parameters, batches, precision: str, warm_up: bool = True) -> float:
+    """Training tokens/s of forward over batches, AdamW at lr 1e-3; with `warm_up`, the first batch is not
+    timed (oneDNN builds its kernels there)."""
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3)
+    tokens, started = 0, None if warm_up else time.perf_counter()
     for ids, lengths, y in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(forward(ids, lengths).float(), y)
@@ -441,11 +434,6 @@ def packed_vs_dense(length: int, threads: int, precision: str) -> tuple[float, f
 
     return (timed_steps(model, model.parameters(), batches, precision),
             timed_steps(packed_forward, model.parameters(), batches, precision))
-
-
-def profiled_setup(precision: str):
-    torch.manual_seed(0)
-    return LSTMClassifier(Config(bidirectional=True), 20000, 2).train(), synthetic_batches(6, 256)
 
 
 def write_generated(folder: Path, rows: int) -> None:
@@ -516,7 +504,7 @@ def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor()
+        return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

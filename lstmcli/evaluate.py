@@ -92,7 +92,7 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
     any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
     from .checkpoint import load_run
     from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
-    from .runtime import setup
+    from .predict import ready_model  # predict builds on this module
 
     run = load_run(model_dir)
     settings, recorded = run.config, run.record["data"]
@@ -130,12 +130,7 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
 
     chunks = ((texts, class_ids(keys)) for texts, keys in read_rows(stream, what, text_column, label_column,
                                                                     holdout=holdout))
-    from .predict import quantized
-
-    runtime = setup(device, "fp32" if quantize else settings.precision, threads)
-    model = run.build_model(runtime.device)
-    if quantize:
-        model = quantized(model, runtime)
+    model, runtime = ready_model(run, device=device, threads=threads, quantize=quantize)
     matrix, loss = confusion_of_chunks(model, run.tokenizer, chunks, len(run.labels.names), settings.max_length,
                                        settings.truncation, batch_size, runtime)
     if matrix.sum() == 0:

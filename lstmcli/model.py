@@ -40,8 +40,7 @@ class LSTMClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes) for token ids (batch, time) right-padded to their lengths (>= 1)."""
         mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
-        x = self.embedding(ids)
-        x = self.embedding_dropout(x)
+        x = self.embedding_dropout(self.embedding(ids))
         h0, c0 = self._initial_state(ids.shape[0], x)
         if self.lstm.bidirectional or self.quantized_directions is not None:
             directions = self._layer_by_layer(x, lengths, mask, h0, c0)

@@ -15,7 +15,7 @@ from .checkpoint import Run, load_run
 from .data import FORMATS, TEXT_COLUMNS, _suffix, column_names, open_source, pick_column, read_errors, read_rows
 from .errors import UserError
 from .evaluate import logits_of
-from .runtime import setup
+from .runtime import Runtime, setup
 from .tokenizer import encode
 
 CHUNK = 2048  # texts read, encoded and sorted by length together
@@ -35,11 +35,9 @@ class Predictor:
     def __init__(self, run: Run, *, device: str = "auto", threads: int = 0, batch_size: int = 256,
                  quantize: bool = False, precision: str | None = None):
         self.run = run
-        self.runtime = setup(device, "fp32" if quantize else precision or run.config.precision, threads)
         self.batch_size = batch_size
-        self.model = run.build_model(self.runtime.device)
-        if quantize:
-            self.model = quantized(self.model, self.runtime)
+        self.model, self.runtime = ready_model(run, device=device, threads=threads, quantize=quantize,
+                                               precision=precision)
 
     @classmethod
     def load(cls, model_dir: str | Path, **options) -> Predictor:
@@ -64,13 +62,19 @@ class Predictor:
             yield from self.predict(texts)
 
 
-def quantized(model, runtime):
-    """Dynamic int8 weights for the LSTM and the classifier: CPU inference only."""
-    from .model import quantize
+def ready_model(run: Run, *, device: str, threads: int, quantize: bool = False,
+                precision: str | None = None) -> tuple[torch.nn.Module, Runtime]:
+    """The run's model for inference and the runtime it runs in: in `precision` (default: the run's), or
+    with dynamic int8 weights for the LSTM and the classifier (--quantize, CPU only)."""
+    from .model import quantize as quantize_model
 
+    runtime = setup(device, "fp32" if quantize else precision or run.config.precision, threads)
+    model = run.build_model(runtime.device)
+    if not quantize:
+        return model, runtime
     if runtime.device.type != "cpu":
         raise UserError("--quantize runs on CPU only: add --device cpu.")
-    return quantize(model)
+    return quantize_model(model), runtime
 
 
 def input_chunks(texts: list[str], file: str | None, text_column: str | None) -> Iterator[list[str]]:

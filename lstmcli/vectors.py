@@ -17,7 +17,6 @@ def load_vectors(path: str | Path, vocabulary: dict[str, int], embedding: torch.
     """
     path = Path(path).expanduser()
     dim = embedding.embedding_dim
-    wanted = dict(vocabulary)
     copied = set()
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
@@ -31,7 +30,7 @@ def load_vectors(path: str | Path, vocabulary: dict[str, int], embedding: torch.
                                         f"{dim}: set --embed-dim {len(parts) - 1}.")
                     continue  # a token with a space in it, as a few GloVe files have
                 for token in {parts[0], parts[0].lower()}:
-                    index = wanted.get(token)
+                    index = vocabulary.get(token)
                     if index is not None and index not in copied:
                         try:
                             values = torch.tensor([float(v) for v in parts[1:]])
