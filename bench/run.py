@@ -5,9 +5,9 @@
 Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw
 encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
 predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
-threads, precision, packing, compile, processes (1 vs 2 under torchrun), profile. Every comparison runs
-in this one process and run, repeated, and reported as a median and a ratio: the machine is shared and
-noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
+threads, precision, packing, compile, save (seconds per resumable state), processes (1 vs 2 under
+torchrun), profile. Every comparison runs in this one process and run, repeated, and reported as a median
+and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
 records a full run with its analysis.
 """
 
@@ -46,7 +46,7 @@ from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
 from lstmcli.runtime import choose_threads, cpu_has_bf16  # noqa: E402
 from lstmcli.tokenizer import encode, train_tokenizer  # noqa: E402
-from lstmcli.train import train  # noqa: E402
+from lstmcli.train import save_state, train  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -299,6 +299,27 @@ class Bench:
         except Exception as e:  # report, never chase: it is known to fail or not help on nn.LSTM
             self.row("compile", f"torch.compile failed: {type(e).__name__}: {str(e)[:80]}", math.nan)
 
+    def save(self):
+        print("save: one resumable state of the 2-layer BiLSTM of `lstmcli train --layers 2 --bidirectional` "
+              "(weights, AdamW moments, RNG states), as training writes it")
+        torch.manual_seed(0)
+        model = LSTMClassifier(Config(layers=2, bidirectional=True), 20000, 2)
+        optimizer = torch.optim.AdamW(model.parameters())
+        (ids, lengths, y), = synthetic_batches(1, 32)
+        F.cross_entropy(model(ids, lengths), y).backward()
+        optimizer.step()  # so that the state holds AdamW's moments, as it does in training
+        out = self.work / "save"
+        out.mkdir()
+        seconds = []
+        for step in range(1, 8):
+            started = time.perf_counter()
+            save_state(out, dict(epoch=0, batch=step, step=step, best=None), model, optimizer,
+                       torch.amp.GradScaler("cpu", enabled=False), None)
+            seconds.append(time.perf_counter() - started)
+        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        self.row("save", f"seconds per save ({sum(p.numel() for p in model.parameters()):,} parameters, "
+                 f"{size / 1e6:.1f} MB on disk)", statistics.median(seconds), None, "s")
+
     def processes(self):
         print("processes: 1 process x 2 threads vs torchrun 2 processes x 1 thread (IMDB subset, same batches/rank)")
         subset = self.imdb_subset(2000 if self.quick else 8000, "imdb-ddp.jsonl")
@@ -456,7 +477,7 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
-            "compile", "processes", "profile"]
+            "compile", "save", "processes", "profile"]
 
 
 def main() -> None:
