@@ -71,8 +71,8 @@ class LanguageModel(nn.Module):
             targets.append(words[:, 1:][predicts])
         hidden, targets = torch.cat(hidden), torch.cat(targets)
         with torch.autocast(ids.device.type, enabled=False):  # the adaptive softmax mixes dtypes under autocast
-            result = self.softmax(hidden.float(), self.rank[targets])
-        return result.loss * len(targets), len(targets)
+            log_probabilities = self.softmax(hidden.float(), self.rank[targets]).output
+        return -log_probabilities.sum(), len(targets)  # a sum, not a mean: a batch of one-word windows has none
 
     def _stack(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
         """One direction's layers, each reading only the same direction's output below."""

@@ -39,9 +39,6 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
     wanted = merge(recipe, command_line)
     if wanted.init_from and not resume:
         wanted = lm.inherit(wanted, {**recipe, **command_line})
-    if wanted.unlabeled:
-        raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
-                        "start from it with lstmcli train --init-from RUN.")
     if not resume:
         return wanted
     directory = Path(wanted.output_dir)
@@ -60,6 +57,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
           hooks: loop.Hooks | None = None) -> dict:
     """Train a classifier as `config` says; returns the final metrics (also written to metrics.json)."""
     # 1. runtime and run directory ------------------------------------------------------------------
+    if config.unlabeled:
+        raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
+                        "start from it with lstmcli train --init-from RUN.")
     runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
     source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
     distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
@@ -187,7 +187,12 @@ def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Conf
                                     val_macro_f1=result["macro_f1"]),
                                f"validation accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f}")
 
-    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    pretrained = [p for name, p in trainable if config.init_from and name.startswith(("embedding.", "lstm."))]
+    groups = [dict(params=[p for _, p in trainable if not any(p is q for q in pretrained)])]
+    if pretrained:
+        groups.append(dict(params=pretrained, lr_scale=config.init_lr_scale))
+    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate, param_groups=groups)
 
 
 def split_metrics(model, encoded, class_ids: np.ndarray, labels: Labels, config: Config, runtime: Runtime) -> dict:
