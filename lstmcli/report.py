@@ -229,10 +229,10 @@ def confusion_figure(result: dict):
     figure, axes = plt.subplots(figsize=(side + 1, side))
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    font = max(6, 13 - n // 2)
+    font = 12 if n <= 5 else 10 if n <= 12 else 8
     for (row, column), count in np.ndenumerate(matrix):
-        axes.text(column, row, f"{count:,}", ha="center", va="center", fontsize=font,
-                  color="white" if share[row, column] > 0.6 else "black")
+        colour = "white" if share[row, column] > 0.6 else "black" if count else "#aaaaaa"
+        axes.text(column, row, f"{count:,}", ha="center", va="center", fontsize=font, color=colour)
     axes.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
                     fontsize=font + 1)
     axes.set_yticks(range(n), names, fontsize=font + 1)
@@ -247,7 +247,7 @@ def per_class_figure(result: dict):
 
     names, per_class = result["labels"], result["per_class"]
     n = len(names)
-    figure, axes = plt.subplots(figsize=(11, 1.2 + 0.45 * n))
+    figure, axes = plt.subplots(figsize=(11, 1.2 + 0.3 * n))
     height = 0.27
     for offset, key in enumerate(("precision", "recall", "f1")):
         axes.barh(np.arange(n) + (offset - 1) * height, [per_class[c][key] for c in names], height,
