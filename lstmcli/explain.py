@@ -92,7 +92,7 @@ def render(explanation: Explanation, colour: bool):
     scale = max((abs(t.score) for t in explanation.tokens), default=0.0) or 1.0
     toward, against = _strongest(explanation.tokens, scale)
     marked = {id(t) for t in toward + against}
-    view = Text(f"{p.label} {p.probability:.4f}  ", style="bold")
+    view = Text.assemble((f"{p.label} {p.probability:.4f}", "bold"), "  ")
     at = 0
     for token in explanation.tokens:
         view.append(text[at:token.start])
