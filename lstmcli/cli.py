@@ -180,9 +180,12 @@ def report(
         help="HTML file to write. Default: report.html in the run directory.")] = None,
     png: Annotated[Optional[Path], typer.Option(
         help="Also write each figure as a PNG file into this directory.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Data whose confusion matrix and mistakes are shown (Hub name, folder or file). Default: the "
+             "run's own.")] = None,
     split: Annotated[Optional[str], typer.Option(
-        help="Split whose confusion matrix and mistakes are shown. Default: the one lstmcli eval scores (the "
-             "run's test split, else its validation data).")] = None,
+        help="Split of that data to score. Default: the one lstmcli eval scores (the test split, else the "
+             "run's validation data).")] = None,
     batch_size: BatchSize = 256,
     device: Device = "auto",
     threads: Threads = 0,
@@ -192,8 +195,8 @@ def report(
     most confident mistakes, settings and data. Works while the run is still training."""
     from .report import write_report
 
-    path = write_report(model_dir, output=output, png_dir=png, split=split, batch_size=batch_size, device=device,
-                        threads=threads)
+    path = write_report(model_dir, output=output, png_dir=png, dataset=dataset, split=split, batch_size=batch_size,
+                        device=device, threads=threads)
     print(path)
 
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CONFIG, LOG, METRICS, WEIGHTS, atomic_write, read_json
+from .checkpoint import CONFIG, LOG, METRICS, REPORT, WEIGHTS, atomic_write, read_json
 from .config import Config, option_name
 from .errors import UserError
 
-REPORT = "report.html"
 GENERATOR = "lstmcli report"  # marks files this module wrote, which it may replace
 MISTAKES = 20
 TEXT_SHOWN = 400  # characters of a mistaken text shown on the page
@@ -50,10 +49,12 @@ class Report:
 
 
 def write_report(model_dir: str | Path, *, output: str | Path | None = None, png_dir: str | Path | None = None,
-                 split: str | None = None, batch_size: int = 256, device: str = "auto", threads: int = 0) -> Path:
+                 dataset: str | None = None, split: str | None = None, batch_size: int = 256, device: str = "auto",
+                 threads: int = 0) -> Path:
     """Write the run's report page (default: report.html in the run) and, with `png_dir`, each figure as
     a PNG; returns the page's path."""
-    report = gather(Path(model_dir), split=split, batch_size=batch_size, device=device, threads=threads)
+    report = gather(Path(model_dir), dataset=dataset, split=split, batch_size=batch_size, device=device,
+                    threads=threads)
     output = Path(output) if output else report.directory / REPORT
     figures = draw_figures(report)
     _check_replaceable(output)
@@ -68,8 +69,8 @@ def write_report(model_dir: str | Path, *, output: str | Path | None = None, png
     return output
 
 
-def gather(directory: Path, *, split: str | None = None, batch_size: int = 256, device: str = "auto",
-           threads: int = 0) -> Report:
+def gather(directory: Path, *, dataset: str | None = None, split: str | None = None, batch_size: int = 256,
+           device: str = "auto", threads: int = 0) -> Report:
     """Everything the page shows: the run's files, and its predictions on the evaluation split."""
     if not directory.is_dir():
         raise UserError(f"run directory {directory} not found: pass --model-dir of a run lstmcli train wrote.")
@@ -87,7 +88,8 @@ def gather(directory: Path, *, split: str | None = None, batch_size: int = 256, 
         report.notes.append("No weights saved yet (the run has not finished its first evaluation): there are "
                             "no predictions to show.")
     else:
-        report.scored = score(directory, split=split, batch_size=batch_size, device=device, threads=threads)
+        report.scored = score(directory, dataset=dataset, split=split, batch_size=batch_size, device=device,
+                              threads=threads)
     return report
 
 
@@ -106,15 +108,16 @@ def read_log(path: Path) -> list[dict]:
     return entries
 
 
-def score(directory: Path, *, split: str | None, batch_size: int, device: str, threads: int) -> Scored:
-    """Predict the split `lstmcli eval` scores (the run's test split, else its validation data) and keep
-    the confusion matrix and the most confident mistakes."""
+def score(directory: Path, *, dataset: str | None, split: str | None, batch_size: int, device: str,
+          threads: int) -> Scored:
+    """Predict the split `lstmcli eval` would score (by default the run's test split, else its validation
+    data) and keep the confusion matrix and the most confident mistakes."""
     from .checkpoint import load_run
     from .evaluate import evaluation_rows, metrics
     from .predict import Predictor
 
     run = load_run(directory)
-    rows = evaluation_rows(run, split=split)
+    rows = evaluation_rows(run, dataset=dataset, split=split)
     predictor = Predictor(run, device=device, threads=threads, batch_size=batch_size)
     names = run.labels.names
     index = {name: i for i, name in enumerate(names)}
