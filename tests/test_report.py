@@ -169,3 +169,13 @@ def test_learning_curves_mark_the_best_evaluation(tiny_run):
     assert list(star.get_xdata()) == [best["step"]] and list(star.get_ydata()) == [best["val_accuracy"]]
     accuracy = [line for line in figure.axes[1].get_lines() if line.get_label() == "validation accuracy"][0]
     assert list(accuracy.get_ydata()) == [e["val_accuracy"] for e in log]
+
+
+def test_help_names_every_option(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = cli("report", "--help")
+    assert code == 0
+    for option in ("--model-dir", "--output", "--png", "--dataset", "--split"):
+        assert option in out
+    code, out, _ = cli("predict", "--help")
+    assert code == 0 and "--explain" in out and "occlusion" in out
