@@ -317,7 +317,7 @@ def _headline(report: Report) -> str:
             tiles.append((f"{split} accuracy", f"{final[split]['accuracy']:.4f}"))
             tiles.append((f"{split} macro-F1", f"{final[split]['macro_f1']:.4f}"))
     best = final.get("best") or _best(report.log, "val_accuracy", False)
-    if best and "accuracy" in best:
+    if best:
         tiles.append(("best validation at", f"step {best['step']}"))
     perplexities = [e["val_perplexity"] for e in report.log if isinstance(e.get("val_perplexity"), (int, float))]
     if perplexities:
