@@ -77,13 +77,14 @@ def gather(directory: Path, *, dataset: str | None = None, split: str | None = N
     record = read_json(directory / CONFIG, "this is not an lstmcli run directory; pass --model-dir of a run.")
     final = read_json(directory / METRICS, "") if (directory / METRICS).exists() else None
     report = Report(directory, record, read_log(directory / LOG), final, None)
+    classifier = record.get("task", "classifier") == "classifier" and record.get("labels")
     if final is None:
         report.notes.append("This run has no metrics.json yet: it is still training, or it stopped before the "
-                            "end. The curves show the evaluations logged so far, the scores below come from "
-                            "the best weights saved so far.")
-    if "labels" not in record:
-        report.notes.append("This is not a classifier run (no labels in config.json): only its curves and "
-                            "settings are shown.")
+                            "end. The curves show the evaluations logged so far"
+                            + (", the scores below come from the best weights saved so far." if classifier else "."))
+    if not classifier:
+        report.notes.append(f"This is not a classifier run ({record.get('task') or 'no labels'}): only its curves "
+                            "and settings are shown.")
     elif not (directory / WEIGHTS).exists():
         report.notes.append("No weights saved yet (the run has not finished its first evaluation): there are "
                             "no predictions to show.")
@@ -313,15 +314,12 @@ def _headline(report: Report) -> str:
     tiles = []
     final = report.final or {}
     for split in ("validation", "test"):
-        if final.get(split):
-            tiles.append((f"{split} accuracy", f"{final[split]['accuracy']:.4f}"))
-            tiles.append((f"{split} macro-F1", f"{final[split]['macro_f1']:.4f}"))
-    best = final.get("best") or _best(report.log, "val_accuracy", False)
+        for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("perplexity", "perplexity")):
+            if isinstance((final.get(split) or {}).get(key), (int, float)):
+                tiles.append((f"{split} {name}", f"{final[split][key]:.4f}"))
+    best = final.get("best") or _best(report.log, "val_accuracy", False) or _best(report.log, "val_perplexity", True)
     if best:
         tiles.append(("best validation at", f"step {best['step']}"))
-    perplexities = [e["val_perplexity"] for e in report.log if isinstance(e.get("val_perplexity"), (int, float))]
-    if perplexities:
-        tiles.append(("best validation perplexity", f"{min(perplexities):.4g}"))
     if final.get("train"):
         tiles.append(("training", f"{final['train']['steps']:,} steps, {final['train']['seconds']:.0f} s"))
     elif report.log:
@@ -376,7 +374,8 @@ def _data_section(report: Report) -> str:
     facts += [(f"{role} split", f"{name} ({rows[role]:,} rows)" if isinstance(rows.get(role), int) else name)
               for role, name in splits.items() if name]
     facts += [("training texts cut by --max-length", data.get("truncated_train_texts")),
-              ("labels", ", ".join(record.get("labels", {}).get("names", [])) or None),
+              ("labels", ", ".join((record.get("labels") or {}).get("names", [])) or None),
+              ("task", record.get("task")), ("unigram perplexity (the floor to beat)", final.get("unigram_perplexity")),
               ("vocabulary", f"{record['vocab_size']:,} tokens" if "vocab_size" in record else None),
               ("versions", ", ".join(f"{k} {v}" for k, v in record.get("versions", {}).items()) or None)]
     if final.get("best"):

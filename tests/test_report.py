@@ -147,13 +147,20 @@ def test_a_language_model_run_gets_its_perplexity_curve(tmp_path):
     run = tmp_path / "lm"
     run.mkdir()
     settings = Config(output_dir=str(run)).to_dict()
-    (run / "config.json").write_text(json.dumps(dict(format="lstmcli-run", format_version=1, settings=settings)))
-    log = [dict(epoch=1 + i // 2, step=100 * (i + 1), train_loss=5 - i * 0.5, val_perplexity=200 / (i + 1) + 30,
-                best=True) for i in range(4)]
+    # What `lstmcli pretrain` writes: no labels, a task, perplexity in the log and in metrics.json.
+    (run / "config.json").write_text(json.dumps(dict(format="lstmcli-run", format_version=1, task="language-model",
+                                                     labels=None, settings=settings)))
+    log = [dict(epoch=1 + i // 2, step=100 * (i + 1), train_loss=5 - i * 0.5, val_loss=4 - i * 0.4,
+                val_perplexity=200 / (i + 1) + 30, best=True) for i in range(4)]
     write_jsonl(run / "log.jsonl", log)
+    best = dict(loss=2.8, perplexity=80.0, score=-2.8, step=400, epoch=2)
+    (run / "metrics.json").write_text(json.dumps(dict(validation=dict(loss=2.8, perplexity=80.0), best=best,
+                                                      unigram_perplexity=900.0,
+                                                      train=dict(tokens=10_000, steps=400, seconds=12.0))))
     page = assert_self_contained(write_report(run).read_text(encoding="utf-8"))
-    assert len(page.images()) == 1 and "not a classifier run" in "".join(page.text)
-    assert "best validation perplexity" in "".join(page.text)
+    text = "".join(page.text)
+    assert len(page.images()) == 1 and "not a classifier run (language-model)" in text
+    assert "validation perplexity80.0000" in text and "best validation atstep 400" in text
 
     figure = learning_curves(log)
     labels = figure.axes[1].get_legend_handles_labels()[1]
