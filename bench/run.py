@@ -48,7 +48,8 @@ from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
 from lstmcli.runtime import choose_threads, cpu_has_bf16  # noqa: E402
 from lstmcli.tokenizer import encode, train_tokenizer  # noqa: E402
-from lstmcli.train import save_state, train  # noqa: E402
+from lstmcli.loop import save_state
+from lstmcli.train import train  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 

@@ -37,6 +37,25 @@ def epoch_plan(lengths: np.ndarray, batch_size: int, bucket_size: int, seed: int
     return [batches[i] for i in shuffled]
 
 
+def balanced_subset(classes: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Rows of a seeded subset of `size` rows with the classes as equal in number as the data allows (a class
+    with too few rows gives all it has, the others fill in), in row order."""
+    from .errors import UserError
+
+    present = np.unique(classes)
+    if size < len(present):
+        raise UserError(f"--max-train-samples {size} is smaller than the number of classes ({len(present)}): give "
+                        "at least one row per class.")
+    rng = np.random.default_rng([seed, size])
+    shuffled = {c: rng.permutation(np.flatnonzero(classes == c)) for c in present}
+    taken, remaining = [], size
+    for i, c in enumerate(sorted(present, key=lambda c: len(shuffled[c]))):  # smallest classes first
+        share = min(len(shuffled[c]), remaining // (len(present) - i))
+        taken.append(shuffled[c][:share])
+        remaining -= share
+    return np.sort(np.concatenate(taken))
+
+
 def eval_plan(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """All rows once, longest first, in batches: evaluation needs no shuffle and little padding."""
     order = np.argsort(-lengths.astype(np.int64), kind="stable")

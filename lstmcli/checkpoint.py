@@ -128,15 +128,17 @@ def remove_run_files(directory: Path) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def run_record(config: Config, labels: Labels, vocab_size: int, data: dict) -> dict:
-    """The content of config.json, without the weights' checksums."""
+def run_record(config: Config, labels: Labels | None, vocab_size: int, data: dict, task: str = "classifier") -> dict:
+    """The content of config.json, without the weights' checksums. `task` is what the weights are: a
+    classifier (`train`) or a language model (`pretrain`, no labels)."""
     import datasets
     import tokenizers
 
     return dict(format=FORMAT, format_version=FORMAT_VERSION, lstmcli_version=__version__,
                 versions=dict(torch=torch.__version__, datasets=datasets.__version__,
                               tokenizers=tokenizers.__version__),
-                settings=config.to_dict(), labels=dict(names=labels.names, keys=labels.keys),
+                task=task, settings=config.to_dict(),
+                labels=dict(names=labels.names, keys=labels.keys) if labels else None,
                 vocab_size=vocab_size, data=data, weights={})
 
 
@@ -231,6 +233,9 @@ def load_run(directory: str | Path) -> Run:
                                            "trained run.")
     if record.get("format") != FORMAT:
         raise UserError(f"{directory / CONFIG} is not an lstmcli run: pass --model-dir of a trained run.")
+    if record.get("task", "classifier") != "classifier":
+        raise UserError(f"{directory} holds a language model (lstmcli pretrain), not a classifier: fine-tune it "
+                        f"with lstmcli train --init-from {directory}, and use that run.")
     version = record.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from .config import Config, option_name, read_recipe
+from .config import CLASSIFIER_ONLY, Config, option_name, read_recipe
 from .errors import Interrupted, UserError
 
 app = typer.Typer(help="Train, evaluate and run (Bi)LSTM text classifiers.", no_args_is_help=True,
@@ -35,20 +35,25 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of
 GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", training="Training", runtime="Runtime")
 
 
-def with_settings(command):
-    """Give `command` one typer option per Config field; it receives the ones given on the command line
-    as `settings` (a dict), so a recipe file's values are only overridden by flags the user typed."""
+def with_settings(command=None, *, without: tuple[str, ...] = ()):
+    """Give `command` one typer option per Config field (but those named in `without`); it receives the ones
+    given on the command line as `settings` (a dict), so a recipe file's values are only overridden by flags
+    the user typed."""
+    if command is None:
+        return functools.partial(with_settings, without=without)
+    fields = [f for f in dataclasses.fields(Config) if f.name not in without]
     own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
            for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
     options = []
-    for field in dataclasses.fields(Config):
+    for field in fields:
         meta = field.metadata
         declarations = [meta["flag"]] if meta["flag"] else [option_name(field.name)]
         choices = meta["choices"]
         help_text = meta["help"] + (f" [default: {field.default}]" if meta["flag"] else "")
         option = typer.Option(*declarations, help=help_text, rich_help_panel=GROUP_TITLES[meta["group"]],
                               show_default=not meta["flag"])
-        kind = Literal[choices] if choices else Optional[str] if field.default is None else type(field.default)
+        kind = (Literal[choices] if choices else Optional[str] if field.default is None
+                else list[str] if isinstance(field.default, tuple) else type(field.default))
         options.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
                                          annotation=Annotated[kind, option]))
 
@@ -56,7 +61,8 @@ def with_settings(command):
 
     @functools.wraps(command)
     def wrapper(context: typer.Context, **values):
-        settings = {f.name: values.pop(f.name) for f in dataclasses.fields(Config)}
+        settings = {f.name: tuple(values.pop(f.name)) if isinstance(f.default, tuple) else values.pop(f.name)
+                    for f in fields}
         given = {name: value for name, value in settings.items()
                  if context.get_parameter_source(name).name != "DEFAULT"}
         return command(settings=given, **values)
@@ -66,34 +72,59 @@ def with_settings(command):
     return wrapper
 
 
+Recipe = Annotated[Optional[Path], typer.Option(
+    "--config", help="TOML recipe with settings by flag name (e.g. recipes/imdb.toml); flags typed on the command "
+                     "line override it.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir from its last saved state.")]
+AutoResume = Annotated[bool, typer.Option("--auto-resume", help="Resume when --output-dir holds a saved state, else "
+                                                                "start a new run: one command for the first start and "
+                                                                "every restart (torchrun --max-restarts, job "
+                                                                "schedulers).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --output-dir.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or status lines.")]
+
+
 @app.command()
 @with_settings
-def train(
-    settings: dict,
-    config: Annotated[Optional[Path], typer.Option(
-        "--config", help="TOML recipe with settings by flag name (e.g. recipes/imdb.toml); flags typed on the "
-                         "command line override it.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir from its last saved "
-                                                          "state.")] = False,
-    auto_resume: Annotated[bool, typer.Option("--auto-resume", help="Resume when --output-dir holds a saved state, "
-                                                                    "else start a new run: one command for the first "
-                                                                    "start and every restart (torchrun --max-restarts, "
-                                                                    "job schedulers).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a run already in --output-dir.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or status lines.")] = False,
-    debug: Debug = False,
-):
+def train(settings: dict, config: Recipe = None, resume: Resume = False, auto_resume: AutoResume = False,
+          overwrite: Overwrite = False, quiet: Quiet = False, debug: Debug = False):
     """Train a classifier and write its run directory (model, tokenizer, config, metrics)."""
-    from .checkpoint import restartable
     from .runtime import torchrun_env
-    from .train import settings_for, train as run_training
+    from .train import train as run_training
 
-    recipe = read_recipe(config) if config else {}
-    if auto_resume:
-        resume, overwrite = restartable(Path({**recipe, **settings}.get("output_dir", Config.output_dir)))
-    final = run_training(settings_for(recipe, settings, resume), resume=resume, overwrite=overwrite, quiet=quiet)
+    run_config, resume, overwrite = run_settings(config, settings, resume, auto_resume, overwrite)
+    final = run_training(run_config, resume=resume, overwrite=overwrite, quiet=quiet)
     if torchrun_env()["rank"] == 0:
         print(json.dumps({k: final[k]["accuracy"] if final[k] else None for k in ("validation", "test")}))
+
+
+@app.command()
+@with_settings(without=CLASSIFIER_ONLY)
+def pretrain(settings: dict, config: Recipe = None, resume: Resume = False, auto_resume: AutoResume = False,
+             overwrite: Overwrite = False, quiet: Quiet = False, debug: Debug = False):
+    """Pretrain the embedding and (Bi)LSTM as a language model on unlabelled text; start a classifier from it
+    with lstmcli train --init-from."""
+    from .pretrain import pretrain as run_pretraining
+    from .runtime import torchrun_env
+
+    run_config, resume, overwrite = run_settings(config, settings, resume, auto_resume, overwrite)
+    final = run_pretraining(run_config, resume=resume, overwrite=overwrite, quiet=quiet)
+    if torchrun_env()["rank"] == 0:
+        print(json.dumps(dict(validation_perplexity=final["validation"]["perplexity"],
+                              unigram_perplexity=final["unigram_perplexity"])))
+
+
+def run_settings(recipe_file: Path | None, settings: dict, resume: bool, auto_resume: bool, overwrite: bool
+                 ) -> tuple[Config, bool, bool]:
+    """The run's settings (defaults < recipe < flags, or the saved run's on --resume), and whether to resume or
+    overwrite (decided from the run directory with --auto-resume)."""
+    from .checkpoint import restartable
+    from .train import settings_for
+
+    recipe = read_recipe(recipe_file) if recipe_file else {}
+    if auto_resume:
+        resume, overwrite = restartable(Path({**recipe, **settings}.get("output_dir", Config.output_dir)))
+    return settings_for(recipe, settings, resume), resume, overwrite
 
 
 @app.command("eval")
@@ -219,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as e:
         if debug:
             raise
-        command = next((a for a in argv if a in ("train", "eval", "predict", "report")), "")
+        command = next((a for a in argv if a in app_commands()), "")
         print(f"error: {e.format_message()} (see lstmcli {command} --help)".replace("  ", " "), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -237,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
               "report it.", file=sys.stderr)
         return 1
     return 0
+
+
+def app_commands() -> list[str]:
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
 
 
 def run() -> None:

@@ -16,6 +16,10 @@ from typing import Any
 from .errors import UserError
 
 TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
+# Settings of a classifier's labels, head and fine-tuning that a language model has no use for: `lstmcli
+# pretrain` has no flags for them.
+CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "pooling",
+                   "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,
@@ -52,6 +56,12 @@ class Config:
                                      group="data")
     val_fraction: float = setting(0.1, "Share of train held out for validation when the dataset has "
                                   "no validation or test split.", group="data", low=0.01, high=0.5)
+    max_train_samples: int = setting(0, "Train on a seeded, class-balanced subset of this many rows of the train "
+                                     "split (0: all of it), e.g. to study how many labels a task needs.",
+                                     group="data", low=0)
+    unlabeled: tuple[str, ...] = setting((), "Unlabelled text to learn from besides the train split's texts: a "
+                                         "file or folder in any format --dataset takes (repeat the flag for "
+                                         "several). Read by lstmcli pretrain.", group="data")
     strict: bool = setting(False, "Fail on rows with a missing text or label instead of skipping them "
                            "with a count.", group="data", flag="--strict/--skip-bad-rows")
 
@@ -79,6 +89,9 @@ class Config:
     dropout: float = setting(0.0, "Dropout between LSTM layers, as nn.LSTM applies it (no effect with "
                              "one layer).", group="model", low=0.0, high=0.99)
     embedding_dropout: float = setting(0.2, "Dropout on the embeddings.", group="model", low=0.0, high=0.99)
+    init_from: str | None = setting(None, "Start from a language model trained by lstmcli pretrain (its run "
+                                    "directory): its tokenizer, embedding and LSTM weights; the model flags "
+                                    "follow it.", group="model")
     embeddings: str | None = setting(None, "Pretrained word vectors to start from (GloVe, word2vec or fastText "
                                      ".vec text format): tokens they cover get their vector, the others a "
                                      "random one.", group="model")
@@ -171,6 +184,10 @@ def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
             raise UserError(f"{source}: unknown setting {key!r}; known settings are: "
                             f"{', '.join(sorted(known))}.")
         expected = type(known[name].default) if known[name].default is not None else str
+        if expected is tuple and isinstance(value, list | str):
+            value = tuple([value] if isinstance(value, str) else value)
+        if expected is tuple and not all(isinstance(v, str) for v in value):
+            raise UserError(f"{source}: setting {key!r} should be a list of strings, not {value!r}.")
         if isinstance(value, int) and not isinstance(value, bool) and expected is float:
             value = float(value)
         if value is not None and not isinstance(value, expected):

@@ -135,13 +135,13 @@ def gather_texts(text: str, runtime: Runtime) -> list[str]:
     return [bytes(p[:int(s.item())].cpu().numpy()).decode() for p, s in zip(parts, sizes)]
 
 
-def wrap(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, runtime: Runtime, find_unused_parameters: bool = False) -> torch.nn.Module:
     if not runtime.distributed:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def _comm_device(runtime: Runtime) -> torch.device:

@@ -94,15 +94,28 @@ class Encoded:
     ids: np.ndarray
     lengths: np.ndarray
     truncated: int = 0
+    starts: np.ndarray | None = None  # where each text begins in `ids`; default: right after the one before
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @cached_property
     def offsets(self) -> np.ndarray:
+        if self.starts is not None:
+            return self.starts
         offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=offsets[1:])
         return offsets
+
+    def windows(self, size: int) -> Encoded:
+        """The same tokens as rows of at most `size` tokens: a longer text becomes consecutive windows. Only an
+        index is built; the ids are shared."""
+        lengths = self.lengths.astype(np.int64)
+        pieces = np.maximum(1, -(-lengths // size))
+        text = np.repeat(np.arange(len(lengths)), pieces)
+        piece = np.arange(len(text)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        window_lengths = np.minimum(size, lengths[text] - piece * size).astype(np.int32)
+        return Encoded(self.ids, window_lengths, starts=self.offsets[text] + piece * size)
 
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids of `rows` padded to their longest text, and their lengths: one gather, no loop."""

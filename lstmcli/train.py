@@ -1,8 +1,8 @@
-"""Training, top to bottom.
+"""Training a classifier, top to bottom.
 
     1. runtime and run directory      4. tokenized splits and labels   7. final metrics
-    2. data: splits and columns       5. model and optimizer
-    3. tokenizer                      6. the loop: steps, evaluations, best weights, resumable states
+    2. data: splits and columns       5. model, and what it trains on
+    3. tokenizer                      6. the loop (loop.fit: steps, evaluations, best weights, resumable states)
 
 `train(config)` is what `lstmcli train` calls; tests call it directly.
 """
@@ -10,27 +10,23 @@
 from __future__ import annotations
 
 import json
-import math
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import checkpoint, distributed, tokenized
-from .batching import epoch_plan, prefetch, to_device
+from . import checkpoint, distributed, lm, loop, tokenized
+from .batching import balanced_subset, epoch_plan
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, LABEL_COLUMNS, TEXT_COLUMNS, Labels, RowCounts, Source, SplitChoice, choose_splits, \
     class_label_names, column_names, open_source, pick_column, read_rows, texts_only
-from .errors import Interrupted, UserError
+from .errors import UserError
 from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
-from .terminal import Reporter, Throughput, human
+from .terminal import Reporter
 from .tokenizer import load_tokenizer, tokenizer_from_json, train_tokenizer
 from .vectors import load_vectors
 
@@ -41,6 +37,11 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
     """The run's settings: defaults < recipe file < command line; on --resume the saved run's settings
     take the place of the defaults, and changing any that shape the model or data is refused."""
     wanted = merge(recipe, command_line)
+    if wanted.init_from and not resume:
+        wanted = lm.inherit(wanted, {**recipe, **command_line})
+    if wanted.unlabeled:
+        raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
+                        "start from it with lstmcli train --init-from RUN.")
     if not resume:
         return wanted
     directory = Path(wanted.output_dir)
@@ -55,214 +56,51 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
     return resumed
 
 
-def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          hooks: loop.Hooks | None = None) -> dict:
     """Train a classifier as `config` says; returns the final metrics (also written to metrics.json)."""
     # 1. runtime and run directory ------------------------------------------------------------------
-    config.validate()
-    runtime = setup(config.device, config.precision, config.threads)
-    distributed.start(runtime)
-    report = Reporter(quiet or not runtime.is_main)
+    runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
     source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
-    out = Path(config.output_dir)
     distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
         out, overwrite=overwrite, resume=resume))
-    if config.dropout > 0 and config.layers == 1:
-        report.warn("--dropout acts between LSTM layers and has no effect with --layers 1; use "
-                    "--embedding-dropout, or --layers 2 or more.")
-    report.say(f"runtime: {runtime.device}, {runtime.precision}, {runtime.threads} thread(s)"
-               + (f", {runtime.world_size} processes" if runtime.distributed else ""))
+    announce(config, runtime, report)
 
     # 2-4. data, tokenizer, tokenized splits and labels -----------------------------------------------
     saved = checkpoint.read_json(out / checkpoint.CONFIG, "") if resume else None
     data = prepare_data(source, config, runtime, report, out, saved)
-    labels, record = data.labels, data.record
-    if runtime.is_main and not resume:
-        checkpoint.atomic_write(out / checkpoint.TOKENIZER, data.tokenizer.to_str())
-        checkpoint.write_json(out / checkpoint.CONFIG, record)
-    if resume:
-        record = {**saved, "settings": config.to_dict()}
-        if runtime.is_main:
-            checkpoint.write_json(out / checkpoint.CONFIG, record)
+    record = write_record(out, data.tokenizer, data.record, saved, config, runtime)
 
-    # 5. model and optimizer ------------------------------------------------------------------------------
+    # 5. model, and what it trains on -----------------------------------------------------------------
     torch.manual_seed(config.seed)
-    model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(labels.names)).to(runtime.device)
+    model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(data.labels.names)).to(runtime.device)
     report.say(f"model: {describe_model(config)}, {count_parameters(model):,} parameters, "
-               f"{len(labels.names)} classes ({', '.join(labels.names)})")
+               f"{len(data.labels.names)} classes ({', '.join(data.labels.names)})")
     if config.embeddings and not resume:
         copied = load_vectors(config.embeddings, data.tokenizer.get_vocab(), model.embedding)
         report.say(f"embeddings: {copied:,} of {data.tokenizer.get_vocab_size():,} tokens start from "
                    f"{config.embeddings}")
+    if config.init_from and not resume:
+        lm.start_from(model, config.init_from)
+        report.say(f"init: embedding and LSTM weights from the language model in {config.init_from}")
     model.embedding.weight.requires_grad_(not config.freeze_embeddings)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    # With --ema, an exponential moving average of the weights is what gets validated and kept.
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
-    kept = averaged.module if averaged else model
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
-    class_weights = None
-    if config.class_weights == "auto":
-        counts = distributed.sum_array(np.bincount(data.train_classes, minlength=len(labels.names)), runtime)
-        class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
-                                     device=runtime.device)
-    trained = distributed.wrap(model, runtime)
-
-    # Every rank takes the same number of steps per epoch, or DDP's all-reduce would wait forever.
-    batches_per_epoch = distributed.max_int(-(-len(data.train) // config.batch_size), runtime)
-    total_steps = config.epochs * batches_per_epoch
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = int(config.warmup * total_steps)
+    if config.max_train_samples > record["data"]["rows"]["train"]:
+        report.warn(f"--max-train-samples {config.max_train_samples:,} is more than the {record['data']['rows']['train']:,} "
+                    "training rows: training on all of them.")
+    objective = classifier_objective(model, data, config, runtime)
     if runtime.distributed:
         report.say(f"batch: {config.batch_size} per process, {config.batch_size * runtime.world_size} "
                    "in all")
 
     # 6. the loop -------------------------------------------------------------------------------------
-    # Where training stands; saved in every resumable state. `running` sums the current epoch's loss and
-    # accuracy, so that a resumed epoch reports the same figures as an uninterrupted one.
-    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
-                    running=dict(loss=0.0, correct=0, seen=0), world_size=runtime.world_size)
-    if resume:
-        position = restore(out, model, optimizer, scaler, averaged, runtime)
-        if position.get("world_size", 1) != runtime.world_size:
-            raise UserError(f"{out} was saved by {position.get('world_size', 1)} process(es) and each one's place "
-                            f"in the data depends on that: resume it with {position.get('world_size', 1)}, not "
-                            f"{runtime.world_size}.")
-        report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
-                   f"{position['step']}")
-    log_path = out / checkpoint.LOG
-    if runtime.is_main:
-        with open(log_path, "a+b") as log:  # drop evaluations logged after the state we resume from
-            log.truncate(position["log_bytes"])
-
-    def validate() -> dict:
-        matrix, loss = confusion(kept, data.validation.encoded, data.validation_classes, len(labels.names),
-                                 eval_batch_size(config), runtime)
-        total = distributed.sum_array(np.append(matrix.ravel(), loss), runtime)
-        return metrics(total[:-1].reshape(matrix.shape), labels.names, float(total[-1]))
-
-    def elapsed() -> float:
-        return round(resumed_elapsed + time.monotonic() - started, 2)
-
-    def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
-        """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
-        tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
-        result = validate()
-        best = position["best"]
-        improved = best is None or result["accuracy"] > best["accuracy"]
-        if improved:
-            position["best"] = dict(accuracy=result["accuracy"], macro_f1=result["macro_f1"],
-                                    step=position["step"], epoch=epoch_number)
-            position["evals_since_best"] = 0
-            if runtime.is_main:
-                checkpoint.save_weights(out, record, kept.state_dict())
-        else:
-            position["evals_since_best"] += 1
-        report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | validation "
-                   f"accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f}"
-                   + (" (best)" if improved else ""))
-        save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=current_lr(optimizer),
-                  val_loss=result.get("loss"), val_accuracy=result["accuracy"], val_macro_f1=result["macro_f1"],
-                  best=improved, elapsed=elapsed(), train_tokens_per_second=tokens_per_second))
-        return patience_exhausted(position, config)
-
-    def save(log_entry: dict | None = None) -> None:
-        nonlocal last_save
-        if runtime.is_main:
-            if log_entry is not None:
-                with open(log_path, "a", encoding="utf-8") as log:
-                    log.write(json.dumps(log_entry) + "\n")
-            position.update(elapsed=elapsed(), log_bytes=log_path.stat().st_size)
-            save_state(out, position, model, optimizer, scaler, averaged)
-        distributed.barrier(runtime)
-        last_save = time.monotonic()
-
-    def make_batch(rows: np.ndarray):
-        # Under torchrun a rank with fewer rows can get an empty batch: it steps on a stand-in with weight
-        # 0, so the all-reduce still meets every rank and no example counts twice.
-        weight = 1.0 if len(rows) else 0.0
-        rows = rows if len(rows) else np.zeros(1, dtype=np.int64)
-        ids, lengths = data.train.encoded.batch(rows)
-        return ids, lengths, torch.from_numpy(data.train_classes[rows]), weight
-
-    stop = StopSignal()
-    resumed_elapsed, started = position["elapsed"], time.monotonic()
-    last_save = started
-    evaluated_at = position["step"] if resume else None
-    finished = position["step"] >= total_steps or patience_exhausted(position, config)
-    train_loss, speed = float("nan"), Throughput()
-    with stop, distributed.peers_guard(runtime, out):
-        while not finished and position["epoch"] < config.epochs:
-            epoch = position["epoch"]
-            plan = epoch_plan(data.train.encoded.lengths, config.batch_size, config.bucket_size, config.seed,
-                              epoch, batches_per_epoch)
-            trained.train()
-            running, speed = position["running"], Throughput()
-            with report.task(f"epoch {epoch + 1}/{config.epochs}", total=len(plan)) as advance:
-                advance(position["batch"])
-                batches = prefetch(make_batch, plan[position["batch"]:])
-                for ids, lengths, targets, weight in batches:
-                    speed.add(int(lengths.sum()) if weight else 0)
-                    ids, lengths, targets = to_device((ids, lengths, targets), runtime.device)
-                    set_lr(optimizer, learning_rate(position["step"], total_steps, warmup_steps, config))
-                    with runtime.autocast():
-                        logits = trained(ids, lengths)
-                    loss = F.cross_entropy(logits.float(), targets, weight=class_weights)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        raise UserError(f"the loss became {loss_value} at step {position['step'] + 1}: training "
-                                        f"stopped and the last good state is kept; lower --lr (now {config.lr:g}) "
-                                        "or use --precision fp32.")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss * weight).backward()
-                    if config.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if averaged:
-                        averaged.update_parameters(model)
-                    position["step"] += 1
-                    position["batch"] += 1
-                    if weight:
-                        running["loss"] += loss_value * len(targets)
-                        running["correct"] += int((logits.argmax(1) == targets).sum())
-                        running["seen"] += len(targets)
-                    train_loss = running["loss"] / max(running["seen"], 1)
-                    advance(1, f"loss {train_loss:.4f} acc {running['correct'] / max(running['seen'], 1):.3f} "
-                               f"{human(speed.rate())} tok/s")
-                    finished = position["step"] >= total_steps
-                    if config.eval_every and position["step"] % config.eval_every == 0 \
-                            and position["batch"] < len(plan):
-                        evaluated_at = position["step"]
-                        finished = evaluate_and_save(epoch + 1, train_loss) or finished
-                    elif stop.requested or save_due(config, position["step"], last_save):
-                        save()
-                    if stop.requested:
-                        raise Interrupted(f"stopped by {stop.requested} at step {position['step']}; the state is "
-                                          f"saved: continue with lstmcli train --resume --output-dir {out}")
-                    if finished:
-                        break
-            if position["batch"] < len(plan):
-                break  # stopped inside the epoch (--max-steps or patience)
-            position.update(epoch=epoch + 1, batch=0, running=dict(loss=0.0, correct=0, seen=0))
-            evaluated_at = position["step"]
-            finished = evaluate_and_save(epoch + 1, train_loss) or finished
-        if evaluated_at != position["step"] or position["best"] is None:  # the same on every rank
-            evaluate_and_save(position["epoch"] + 1, train_loss)
+    outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, hooks=hooks)
 
     # 7. final metrics, with the best weights ------------------------------------------------------------
-    distributed.barrier(runtime)
-    best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
-        out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
-    kept.load_state_dict(best)
-    final = dict(validation=validate(), test=None, best=position["best"], splits=record["data"]["splits"],
-                 train=dict(rows=record["data"]["rows"]["train"], steps=position["step"], seconds=elapsed()))
+    final = dict(validation=objective.validate(outcome.kept).best, test=None, best=outcome.position["best"],
+                 splits=record["data"]["splits"], train=dict(rows=record["data"]["rows"]["train"],
+                                                             steps=outcome.position["step"], seconds=outcome.seconds))
     if data.test is not None:
-        matrix, loss = confusion(kept, data.test.encoded, data.test_classes, len(labels.names),
-                                 eval_batch_size(config), runtime)
-        total = distributed.sum_array(np.append(matrix.ravel(), loss), runtime)
-        final["test"] = metrics(total[:-1].reshape(matrix.shape), labels.names, float(total[-1]))
+        final["test"] = split_metrics(outcome.kept, data.test.encoded, data.test_classes, data.labels, config, runtime)
     if runtime.is_main:
         checkpoint.write_json(out / checkpoint.METRICS, final)
         checkpoint.remove_cache(out)
@@ -272,6 +110,91 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
         report.say(f"done in {final['train']['seconds']:.0f}s: {summary}; best weights in {out}")
     distributed.barrier(runtime)
     return final
+
+
+def start_run(config: Config, *, resume: bool, overwrite: bool, quiet: bool) -> tuple[Runtime, Reporter, Path]:
+    """Settings checked; runtime (device, precision, threads, torchrun) set up."""
+    config.validate()
+    runtime = setup(config.device, config.precision, config.threads)
+    distributed.start(runtime)
+    return runtime, Reporter(quiet or not runtime.is_main), Path(config.output_dir)
+
+
+def announce(config: Config, runtime: Runtime, report: Reporter) -> None:
+    """The run's first status lines, once its data opened and its directory is ready."""
+    if config.dropout > 0 and config.layers == 1:
+        report.warn("--dropout acts between LSTM layers and has no effect with --layers 1; use "
+                    "--embedding-dropout, or --layers 2 or more.")
+    report.say(f"runtime: {runtime.device}, {runtime.precision}, {runtime.threads} thread(s)"
+               + (f", {runtime.world_size} processes" if runtime.distributed else ""))
+
+
+def write_record(out: Path, tokenizer, record: dict, saved: dict | None, config: Config, runtime: Runtime) -> dict:
+    """Write tokenizer.json and config.json for a new run; a resumed run keeps its own with the new settings."""
+    if saved is not None:
+        record = {**saved, "settings": config.to_dict()}
+    elif runtime.is_main:
+        checkpoint.atomic_write(out / checkpoint.TOKENIZER, tokenizer.to_str())
+    if runtime.is_main:
+        checkpoint.write_json(out / checkpoint.CONFIG, record)
+    return record
+
+
+def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Config, runtime: Runtime
+                         ) -> loop.Objective:
+    """Cross-entropy on the labelled train split, validated by accuracy on the validation split."""
+    rows = np.arange(len(data.train))
+    if config.max_train_samples:
+        rows = balanced_subset(data.train_classes, -(-config.max_train_samples // runtime.world_size), config.seed)
+    lengths, classes = data.train.encoded.lengths[rows], data.train_classes[rows]
+    class_weights = None
+    if config.class_weights == "auto":
+        counts = distributed.sum_array(np.bincount(classes, minlength=len(data.labels.names)), runtime)
+        class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
+                                     device=runtime.device)
+    # Every rank takes the same number of steps per epoch, or DDP's all-reduce would wait forever.
+    batches_per_epoch = distributed.max_int(-(-len(rows) // config.batch_size), runtime)
+
+    def plan(epoch: int) -> list:
+        return [rows[batch] for batch in epoch_plan(lengths, config.batch_size, config.bucket_size, config.seed,
+                                                    epoch, batches_per_epoch)]
+
+    def make_batch(batch_rows: np.ndarray) -> loop.Batch:
+        # Under torchrun a rank with fewer rows can get an empty batch: it steps on a stand-in with weight
+        # 0, so the all-reduce still meets every rank and no example counts twice.
+        weight = 1.0 if len(batch_rows) else 0.0
+        batch_rows = batch_rows if len(batch_rows) else np.zeros(1, dtype=np.int64)
+        ids, batch_lengths = data.train.encoded.batch(batch_rows)
+        return loop.Batch((ids, batch_lengths, torch.from_numpy(data.train_classes[batch_rows])), weight,
+                          int(batch_lengths.sum()))
+
+    def loss(trained, tensors):
+        ids, lengths, targets = tensors
+        logits = trained(ids, lengths)
+        value = F.cross_entropy(logits.float(), targets, weight=class_weights)
+        return value, dict(loss=value.item() * len(targets), correct=int((logits.argmax(1) == targets).sum()),
+                           seen=len(targets))
+
+    def progress(running: dict) -> tuple[float, str]:
+        seen = max(running.get("seen", 0), 1)
+        train_loss = running.get("loss", 0.0) / seen
+        return train_loss, f"loss {train_loss:.4f} acc {running.get('correct', 0) / seen:.3f}"
+
+    def validate(kept) -> loop.Validation:
+        result = split_metrics(kept, data.validation.encoded, data.validation_classes, data.labels, config, runtime)
+        return loop.Validation(result["accuracy"], result,
+                               dict(val_loss=result.get("loss"), val_accuracy=result["accuracy"],
+                                    val_macro_f1=result["macro_f1"]),
+                               f"validation accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f}")
+
+    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate)
+
+
+def split_metrics(model, encoded, class_ids: np.ndarray, labels: Labels, config: Config, runtime: Runtime) -> dict:
+    """Metrics of `model` on one tokenized split, summed over every rank's share."""
+    matrix, loss = confusion(model, encoded, class_ids, len(labels.names), eval_batch_size(config), runtime)
+    total = distributed.sum_array(np.append(matrix.ravel(), loss), runtime)
+    return metrics(total[:-1].reshape(matrix.shape), labels.names, float(total[-1]))
 
 
 # -- data ---------------------------------------------------------------------------------------------
@@ -323,25 +246,10 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
                          counts=counts, holdout=holdout)
 
     train_holdout = False if splits.validation is None else None
-    if saved is not None:
-        tokenizer = tokenizer_from_json((out / checkpoint.TOKENIZER).read_text(encoding="utf-8"),
-                                        str(out / checkpoint.TOKENIZER))
-    elif config.tokenizer in TOKENIZER_KINDS:
-        text = None
-        if runtime.is_main:
-            tokenizer = train_tokenizer(texts_only(read_rows(
-                source.split(splits.train), source.describe(splits.train), text_column, label_column,
-                strict=config.strict, holdout=(config.val_fraction, False) if train_holdout is False else None)),
-                config.tokenizer, config.vocab_size, config.min_frequency, config.lowercase)
-            text = tokenizer.to_str()
-        tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
-        report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on "
-                   f"{splits.train!r}")
-    else:
-        tokenizer = load_tokenizer(config.tokenizer)
-        report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens")
+    tokenizer = settle_tokenizer(config, runtime, report, out, saved, repr(splits.train), lambda: texts_only(read_rows(
+        source.split(splits.train), source.describe(splits.train), text_column, label_column, strict=config.strict,
+        holdout=(config.val_fraction, False) if train_holdout is False else None)))
 
-    tokenizer_hash = checkpoint.sha256(tokenizer.to_str().encode())
     fingerprint = source.fingerprint
     if saved is not None and saved.get("data", {}).get("fingerprint") != fingerprint:
         raise UserError(f"the data in {config.dataset} changed since this run started: resume with the same "
@@ -350,18 +258,9 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     def tokenize(role: str, split: str | None, holdout_side: bool | None):
         counts = RowCounts()
         key = dict(fingerprint=fingerprint, split=split, holdout=holdout_side, val_fraction=config.val_fraction,
-                   columns=[text_column, label_column], tokenizer=tokenizer_hash, max_length=config.max_length,
-                   truncation=config.truncation, strict=config.strict, rank=runtime.rank,
-                   world_size=runtime.world_size)
-        folder = out / checkpoint.CACHE / (role if not runtime.distributed else f"{role}-rank{runtime.rank}")
-        with report.task(f"tokenizing {role}") as advance:
-            result = tokenized.build(folder, key, rows(split, holdout_side, counts), tokenizer, config.max_length,
-                                     config.truncation, on_chunk=advance)
-        if counts.skipped:
-            report.warn(f"{role}: skipped {counts.skipped:,} rows ({counts.missing_text} without text, "
-                        f"{counts.missing_label} without label, {counts.empty_text} with empty text); "
-                        "pass --strict to stop on such rows instead.")
-        return result
+                   columns=[text_column, label_column], strict=config.strict)
+        return tokenize_split(out, role, key, rows(split, holdout_side, counts), counts, tokenizer, config, runtime,
+                              report)
 
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
@@ -401,6 +300,43 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
                         test.class_ids(lookup, "test") if test is not None else None, record)
 
 
+def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Path, saved: dict | None,
+                     trained_on: str, training_texts) -> object:
+    """The run's tokenizer: its own when resuming, else trained on `training_texts()` (on the first process,
+    then shared), else the tokenizer.json (or Hub tokenizer) that --tokenizer names."""
+    if saved is not None:
+        return tokenizer_from_json((out / checkpoint.TOKENIZER).read_text(encoding="utf-8"),
+                                   str(out / checkpoint.TOKENIZER))
+    if config.tokenizer not in TOKENIZER_KINDS:
+        tokenizer = load_tokenizer(config.tokenizer)
+        report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens")
+        return tokenizer
+    text = None
+    if runtime.is_main:
+        text = train_tokenizer(training_texts(), config.tokenizer, config.vocab_size, config.min_frequency,
+                               config.lowercase).to_str()
+    tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
+    report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on {trained_on}")
+    return tokenizer
+
+
+def tokenize_split(out: Path, role: str, key: dict, chunks, counts: RowCounts, tokenizer, config: Config,
+                   runtime: Runtime, report: Reporter, max_length: int | None = None) -> tokenized.TokenizedSplit:
+    """Stream `chunks` through the tokenizer into the run's cache (reused when `key` matches), with a progress
+    bar and a warning about skipped rows."""
+    max_length = max_length or config.max_length
+    key = dict(key, tokenizer=checkpoint.sha256(tokenizer.to_str().encode()), max_length=max_length,
+               truncation=config.truncation, rank=runtime.rank, world_size=runtime.world_size)
+    folder = out / checkpoint.CACHE / (role if not runtime.distributed else f"{role}-rank{runtime.rank}")
+    with report.task(f"tokenizing {role}") as advance:
+        result = tokenized.build(folder, key, chunks, tokenizer, max_length, config.truncation, on_chunk=advance)
+    if counts.skipped:
+        report.warn(f"{role}: skipped {counts.skipped:,} rows ({counts.missing_text} without text, "
+                    f"{counts.missing_label} without label, {counts.empty_text} with empty text); "
+                    "pass --strict to stop on such rows instead.")
+    return result
+
+
 # -- small pieces of the loop --------------------------------------------------------------------------
 
 def describe_model(config: Config) -> str:
@@ -411,107 +347,3 @@ def describe_model(config: Config) -> str:
 
 def eval_batch_size(config: Config) -> int:
     return max(256, config.batch_size)
-
-
-def learning_rate(step: int, total: int, warmup: int, config: Config) -> float:
-    """Linear warm-up to --lr, then the --schedule decay: a pure function of the step, so resuming is exact."""
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "constant":
-        return config.lr
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if config.schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return config.lr * (1 - progress)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return optimizer.param_groups[0]["lr"]
-
-
-def patience_exhausted(position: dict, config: Config) -> bool:
-    return bool(config.patience) and position["evals_since_best"] >= config.patience
-
-
-def save_due(config: Config, step: int, last_save: float) -> bool:
-    if config.save_every and step % config.save_every == 0:
-        return True
-    return time.monotonic() - last_save >= SAVE_INTERVAL_SECONDS
-
-
-class StopSignal:
-    """Turns the first Ctrl-C or SIGTERM into a request to save and stop after the current step."""
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-# -- resumable state ----------------------------------------------------------------------------------
-
-def save_state(out: Path, position: dict, model, optimizer, scaler, averaged) -> None:
-    optimizer_state = optimizer.state_dict()
-    moments = {f"{index}.{name}": value for index, state in optimizer_state["state"].items()
-               for name, value in state.items()}
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    tensors = dict(model=model.state_dict(), optimizer=moments, rng=rng)
-    if averaged:
-        tensors["averaged"] = averaged.state_dict()
-    checkpoint.save_state(out, dict(position, optimizer_groups=optimizer_state["param_groups"],
-                                    scaler=scaler.state_dict() if scaler.is_enabled() else None), tensors)
-
-
-def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> dict:
-    position, tensors = checkpoint.load_state(out)
-    checkpoint.check_state_dict(tensors["model"], model.state_dict(), out / position["state"])
-    model.load_state_dict(tensors["model"])
-    if averaged:
-        checkpoint.check_state_dict(tensors.get("averaged", {}), averaged.state_dict(), out / position["state"])
-        averaged.load_state_dict(tensors["averaged"])
-    state: dict = {}
-    for key, value in tensors["optimizer"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value.to(runtime.device) if name != "step" else value
-    groups = position.pop("optimizer_groups")
-    for group in groups:
-        group["betas"] = tuple(group["betas"])
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError) as e:
-        raise UserError(f"the saved optimizer state in {out} does not fit this model ({e}): start a new run "
-                        "with --overwrite.") from None
-    scaler_state = position.pop("scaler", None)
-    if scaler_state and scaler.is_enabled():
-        scaler.load_state_dict(scaler_state)
-    torch.set_rng_state(tensors["rng"]["torch"])
-    if torch.cuda.is_available():
-        cuda_states = [tensors["rng"][k] for k in sorted(tensors["rng"]) if k.startswith("cuda.")]
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-    for key in ("state", "checksums"):
-        position.pop(key, None)
-    return position

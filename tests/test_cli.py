@@ -234,7 +234,7 @@ def flag_table() -> str:
             lines.append(f"| **{group}** | | |")
         flag = (meta["flag"] or option_name(field.name)) + (" {" + ",".join(meta["choices"]) + "}" if meta["choices"] else "")
         default = field.default
-        shown = "—" if default is None else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        shown = "—" if default in (None, ()) else f"`{str(default).lower() if isinstance(default, bool) else default}`"
         lines.append(f"| `{flag}` | {shown} | {meta['help']} |")
     return "\n".join(lines)
 

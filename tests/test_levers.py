@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from conftest import TINY_SETTINGS, make_rows, named, write_jsonl
-from lstmcli import train as train_module
+from lstmcli import loop as loop_module
 from lstmcli.checkpoint import load_run
 from lstmcli.config import Config
 from lstmcli.errors import Interrupted, UserError
 from lstmcli.tokenizer import encode, train_tokenizer
-from lstmcli.train import learning_rate, train
+from lstmcli.loop import learning_rate
+from lstmcli.train import train
 from lstmcli.vectors import load_vectors
 
 
@@ -89,14 +90,14 @@ def test_interrupt_and_resume_is_exact_with_ema_and_a_schedule(tmp_path, monkeyp
     whole = train(Config(dataset=str(data), output_dir=str(tmp_path / "whole"), **{**TINY_SETTINGS, **levers}),
                   quiet=True)
 
-    real_save_due = train_module.save_due
+    real_save_due = loop_module.save_due
 
     def interrupt_at_step_50(config, step, last_save):
         if step == 50:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by training's signal handler
         return real_save_due(config, step, last_save)
 
-    monkeypatch.setattr(train_module, "save_due", interrupt_at_step_50)
+    monkeypatch.setattr(loop_module, "save_due", interrupt_at_step_50)
     config = Config(dataset=str(data), output_dir=str(tmp_path / "cut"), **{**TINY_SETTINGS, **levers})
     with pytest.raises(Interrupted, match="SIGINT at step 50"):
         train(config, quiet=True)

@@ -143,28 +143,24 @@ def test_a_run_still_training_and_one_without_weights(tiny_run, tmp_path):
     assert "No weights saved yet" in text and "No evaluation logged yet" in text and not page.images()
 
 
-def test_a_language_model_run_gets_its_perplexity_curve(tmp_path):
+def test_a_language_model_run_gets_its_perplexity_curve(tmp_path, tiny_dataset):
+    from lstmcli.pretrain import pretrain
+
     run = tmp_path / "lm"
-    run.mkdir()
-    settings = Config(output_dir=str(run)).to_dict()
-    # What `lstmcli pretrain` writes: no labels, a task, perplexity in the log and in metrics.json.
-    (run / "config.json").write_text(json.dumps(dict(format="lstmcli-run", format_version=1, task="language-model",
-                                                     labels=None, settings=settings)))
-    log = [dict(epoch=1 + i // 2, step=100 * (i + 1), train_loss=5 - i * 0.5, val_loss=4 - i * 0.4,
-                val_perplexity=200 / (i + 1) + 30, best=True) for i in range(4)]
-    write_jsonl(run / "log.jsonl", log)
-    best = dict(loss=2.8, perplexity=80.0, score=-2.8, step=400, epoch=2)
-    (run / "metrics.json").write_text(json.dumps(dict(validation=dict(loss=2.8, perplexity=80.0), best=best,
-                                                      unigram_perplexity=900.0,
-                                                      train=dict(tokens=10_000, steps=400, seconds=12.0))))
+    pretrain(Config(dataset=str(tiny_dataset), output_dir=str(run), **TINY_SETTINGS), quiet=True)
     page = assert_self_contained(write_report(run).read_text(encoding="utf-8"))
     text = "".join(page.text)
-    assert len(page.images()) == 1 and "not a classifier run (language-model)" in text
-    assert "validation perplexity80.0000" in text and "best validation atstep 400" in text
+    assert len(page.images()) == 1 and "not a classifier run" in text
+    final = json.loads((run / "metrics.json").read_text())
+    assert f"validation perplexity{final['validation']['perplexity']:.4f}" in text
+    assert f"best validation atstep {final['best']['step']}" in text
 
+    log = gather(run).log
     figure = learning_curves(log)
     labels = figure.axes[1].get_legend_handles_labels()[1]
-    assert labels[0] == "validation perplexity" and labels[1].startswith("best: 80 at step 400")
+    best = min(log, key=lambda e: e["val_perplexity"])
+    assert labels[0] == "validation perplexity"
+    assert labels[1] == f"best: {best['val_perplexity']:.4g} at step {best['step']}"
     assert figure.axes[1].get_yscale() == "log"
 
 

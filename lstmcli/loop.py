@@ -1,0 +1,320 @@
+"""The training loop that `train` and `pretrain` share (and `tune` drives through `train`).
+
+    fit(objective, ...)   steps, learning-rate schedule, EMA, evaluations, best weights, early stopping,
+                          resumable states, Ctrl-C / SIGTERM, progress bar, log.jsonl, torchrun
+
+An `Objective` says what is trained: the model, the batches of an epoch, the loss of a batch and how to
+validate. Everything else a run does while it trains is here, once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import checkpoint, distributed
+from .batching import prefetch, to_device
+from .config import Config
+from .errors import Interrupted, UserError
+from .runtime import Runtime
+from .terminal import Reporter, Throughput, human
+
+SAVE_INTERVAL_SECONDS = 600  # a resumable state at least this often, besides every evaluation
+
+
+@dataclass
+class Batch:
+    """One step's tensors (moved to the device by the loop), its loss weight (0 for a stand-in batch that
+    keeps torchrun's ranks in step) and the real tokens it holds (for the tokens/s figure)."""
+    tensors: tuple
+    weight: float
+    tokens: int
+
+
+@dataclass
+class Validation:
+    """The result of one evaluation: `score` picks the best weights (higher is better); `best` is what the
+    run remembers of its best evaluation; `log` goes into log.jsonl; `summary` is printed."""
+    score: float
+    best: dict
+    log: dict
+    summary: str
+
+
+@dataclass
+class Objective:
+    """What a run trains, and how."""
+    model: torch.nn.Module                              # the module whose weights train (before DDP wrapping)
+    batches_per_epoch: int                              # the same on every rank
+    plan: Callable[[int], list]                         # epoch -> batch specs, a pure function of (seed, epoch)
+    make_batch: Callable[[object], Batch]               # batch spec -> Batch, on the prefetch thread
+    loss: Callable[[torch.nn.Module, tuple], tuple[torch.Tensor, dict]]  # (model, tensors) -> loss, running sums
+    progress: Callable[[dict], tuple[float, str]]       # running sums -> (train loss, progress-bar text)
+    validate: Callable[[torch.nn.Module], Validation]   # the kept weights -> Validation (on every rank)
+    param_groups: list[dict] = field(default_factory=list)  # AdamW groups; 'lr_scale' multiplies the schedule
+    skips_parameters: bool = False  # a step may leave some weights unused (torchrun must then look for them)
+
+
+@dataclass
+class Hooks:
+    """Optional ways in for a caller that drives many runs (tune): called after each evaluation (it may
+    raise to stop the run), and a wall-clock deadline checked at every step."""
+    after_evaluation: Callable[[int, Validation], None] | None = None
+    deadline: float | None = None  # time.monotonic() value
+
+
+@dataclass
+class Outcome:
+    """Where the loop ended: the position (step, best evaluation, ...) and the module holding the kept
+    weights (the EMA average with --ema), with the best weights loaded back into it."""
+    position: dict
+    kept: torch.nn.Module
+    seconds: float
+    stopped_by_deadline: bool = False
+
+
+def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, record: dict, report: Reporter, *,
+        resume: bool, command: str = "train", hooks: Hooks | None = None) -> Outcome:
+    """Train `objective` as `config` says, saving into `out`; returns with the best weights loaded.
+    `command` is the lstmcli command that continues the run after an interruption."""
+    hooks = hooks or Hooks()
+    model = objective.model
+    groups = objective.param_groups or [dict(params=[p for p in model.parameters() if p.requires_grad])]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    # With --ema, an exponential moving average of the weights is what gets validated and kept.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
+    kept = averaged.module if averaged else model
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
+    trained = distributed.wrap(model, runtime, find_unused_parameters=objective.skips_parameters)
+    total_steps = config.epochs * objective.batches_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    warmup_steps = int(config.warmup * total_steps)
+
+    # Where training stands; saved in every resumable state. `running` sums the current epoch's loss and
+    # figures, so that a resumed epoch reports the same as an uninterrupted one.
+    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
+                    running={}, world_size=runtime.world_size)
+    if resume:
+        position = restore(out, model, optimizer, scaler, averaged, runtime)
+        if position.get("world_size", 1) != runtime.world_size:
+            raise UserError(f"{out} was saved by {position.get('world_size', 1)} process(es) and each one's place "
+                            f"in the data depends on that: resume it with {position.get('world_size', 1)}, not "
+                            f"{runtime.world_size}.")
+        report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
+                   f"{position['step']}")
+    log_path = out / checkpoint.LOG
+    if runtime.is_main:
+        with open(log_path, "a+b") as log:  # drop evaluations logged after the state we resume from
+            log.truncate(position["log_bytes"])
+
+    def elapsed() -> float:
+        return round(resumed_elapsed + time.monotonic() - started, 2)
+
+    def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
+        """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
+        tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
+        result = objective.validate(kept)
+        best = position["best"]
+        improved = best is None or result.score > best["score"]
+        if improved:
+            position["best"] = dict(result.best, score=result.score, step=position["step"], epoch=epoch_number)
+            position["evals_since_best"] = 0
+            if runtime.is_main:
+                checkpoint.save_weights(out, record, kept.state_dict())
+        else:
+            position["evals_since_best"] += 1
+        report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | {result.summary}"
+                   + (" (best)" if improved else ""))
+        save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
+                  **result.log, best=improved, elapsed=elapsed(), train_tokens_per_second=tokens_per_second))
+        if hooks.after_evaluation:
+            hooks.after_evaluation(position["step"], result)
+        return patience_exhausted(position, config)
+
+    def save(log_entry: dict | None = None) -> None:
+        nonlocal last_save
+        if runtime.is_main:
+            if log_entry is not None:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(json.dumps(log_entry) + "\n")
+            position.update(elapsed=elapsed(), log_bytes=log_path.stat().st_size)
+            save_state(out, position, model, optimizer, scaler, averaged)
+        distributed.barrier(runtime)
+        last_save = time.monotonic()
+
+    stop = StopSignal()
+    resumed_elapsed, started = position["elapsed"], time.monotonic()
+    last_save = started
+    evaluated_at = position["step"] if resume else None
+    finished = position["step"] >= total_steps or patience_exhausted(position, config)
+    out_of_time = False
+    train_loss, speed = float("nan"), Throughput()
+    with stop, distributed.peers_guard(runtime, out):
+        while not finished and position["epoch"] < config.epochs:
+            epoch = position["epoch"]
+            plan = objective.plan(epoch)
+            trained.train()
+            running, speed = position["running"], Throughput()
+            with report.task(f"epoch {epoch + 1}/{config.epochs}", total=len(plan)) as advance:
+                advance(position["batch"])
+                for batch in prefetch(objective.make_batch, plan[position["batch"]:]):
+                    speed.add(batch.tokens if batch.weight else 0)
+                    tensors = to_device(batch.tensors, runtime.device)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group.get("lr_scale", 1.0) * learning_rate(
+                            position["step"], total_steps, warmup_steps, config)
+                    with runtime.autocast():
+                        loss, sums = objective.loss(trained, tensors)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise UserError(f"the loss became {loss_value} at step {position['step'] + 1}: training "
+                                        f"stopped and the last good state is kept; lower --lr (now {config.lr:g}) "
+                                        "or use --precision fp32.")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss * batch.weight).backward()
+                    if config.grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    if averaged:
+                        averaged.update_parameters(model)
+                    position["step"] += 1
+                    position["batch"] += 1
+                    if batch.weight:
+                        for key, value in sums.items():
+                            running[key] = running.get(key, 0) + value
+                    train_loss, text = objective.progress(running)
+                    advance(1, f"{text} {human(speed.rate())} tok/s")
+                    out_of_time = hooks.deadline is not None and time.monotonic() >= hooks.deadline
+                    finished = position["step"] >= total_steps or out_of_time
+                    if config.eval_every and position["step"] % config.eval_every == 0 \
+                            and position["batch"] < len(plan):
+                        evaluated_at = position["step"]
+                        finished = evaluate_and_save(epoch + 1, train_loss) or finished
+                    elif stop.requested or save_due(config, position["step"], last_save):
+                        save()
+                    if stop.requested:
+                        raise Interrupted(f"stopped by {stop.requested} at step {position['step']}; the state is "
+                                          f"saved: continue with lstmcli {command} --resume --output-dir {out}")
+                    if finished:
+                        break
+            if position["batch"] < len(plan):
+                break  # stopped inside the epoch (--max-steps, patience or the deadline)
+            position.update(epoch=epoch + 1, batch=0, running={})
+            evaluated_at = position["step"]
+            finished = evaluate_and_save(epoch + 1, train_loss) or finished
+        if evaluated_at != position["step"] or position["best"] is None:  # the same on every rank
+            evaluate_and_save(position["epoch"] + 1, train_loss)
+
+    distributed.barrier(runtime)
+    best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
+        out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
+    kept.load_state_dict(best)
+    return Outcome(position, kept, elapsed(), out_of_time)
+
+
+# -- small pieces of the loop --------------------------------------------------------------------------
+
+def learning_rate(step: int, total: int, warmup: int, config: Config) -> float:
+    """Linear warm-up to --lr, then the --schedule decay: a pure function of the step, so resuming is exact."""
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (1 - progress)
+
+
+def patience_exhausted(position: dict, config: Config) -> bool:
+    return bool(config.patience) and position["evals_since_best"] >= config.patience
+
+
+def save_due(config: Config, step: int, last_save: float) -> bool:
+    if config.save_every and step % config.save_every == 0:
+        return True
+    return time.monotonic() - last_save >= SAVE_INTERVAL_SECONDS
+
+
+class StopSignal:
+    """Turns the first Ctrl-C or SIGTERM into a request to save and stop after the current step."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# -- resumable state ----------------------------------------------------------------------------------
+
+def save_state(out: Path, position: dict, model, optimizer, scaler, averaged) -> None:
+    optimizer_state = optimizer.state_dict()
+    moments = {f"{index}.{name}": value for index, state in optimizer_state["state"].items()
+               for name, value in state.items()}
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    tensors = dict(model=model.state_dict(), optimizer=moments, rng=rng)
+    if averaged:
+        tensors["averaged"] = averaged.state_dict()
+    checkpoint.save_state(out, dict(position, optimizer_groups=optimizer_state["param_groups"],
+                                    scaler=scaler.state_dict() if scaler.is_enabled() else None), tensors)
+
+
+def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> dict:
+    position, tensors = checkpoint.load_state(out)
+    checkpoint.check_state_dict(tensors["model"], model.state_dict(), out / position["state"])
+    model.load_state_dict(tensors["model"])
+    if averaged:
+        checkpoint.check_state_dict(tensors.get("averaged", {}), averaged.state_dict(), out / position["state"])
+        averaged.load_state_dict(tensors["averaged"])
+    state: dict = {}
+    for key, value in tensors["optimizer"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value.to(runtime.device) if name != "step" else value
+    groups = position.pop("optimizer_groups")
+    for group in groups:
+        group["betas"] = tuple(group["betas"])
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (ValueError, KeyError) as e:
+        raise UserError(f"the saved optimizer state in {out} does not fit this model ({e}): start a new run "
+                        "with --overwrite.") from None
+    scaler_state = position.pop("scaler", None)
+    if scaler_state and scaler.is_enabled():
+        scaler.load_state_dict(scaler_state)
+    torch.set_rng_state(tensors["rng"]["torch"])
+    if torch.cuda.is_available():
+        cuda_states = [tensors["rng"][k] for k in sorted(tensors["rng"]) if k.startswith("cuda.")]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    for key in ("state", "checksums"):
+        position.pop(key, None)
+    return position

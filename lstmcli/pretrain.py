@@ -1,0 +1,211 @@
+"""Pretraining a language model on unlabelled text, top to bottom.
+
+    1. runtime and run directory         3. tokenizer, trained on the pretraining text
+    2. text: the dataset's train split    4. tokenized text, cut into windows of --max-length tokens
+       and every --unlabeled source      5. the loop (loop.fit), validated by held-out perplexity
+
+The result is an ordinary run directory whose weights `lstmcli train --init-from` starts a classifier from.
+`pretrain(config)` is what `lstmcli pretrain` calls; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, distributed, loop
+from .batching import epoch_plan, eval_plan
+from .config import Config
+from .data import TEXT_COLUMNS, RowCounts, Source, column_names, open_source, pick_column, read_rows, texts_only
+from .errors import UserError
+from .lm import TASK, LanguageModel
+from .model import count_parameters
+from .train import announce, describe_model, eval_batch_size, start_run, settle_tokenizer, tokenize_split, \
+    write_record
+
+WHOLE_TEXT = 1_000_000  # tokens read per text: pretraining cuts long texts into windows instead of truncating
+
+
+def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+    """Train a language model as `config` says; returns the final figures (also written to metrics.json)."""
+    runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
+    sources = distributed.together(runtime, open_text_sources, config)
+    distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
+        out, overwrite=overwrite, resume=resume))
+    announce(config, runtime, report)
+    for line in sources.describe(config):
+        report.say(line)
+
+    saved = checkpoint.read_json(out / checkpoint.CONFIG, "") if resume else None
+    tokenizer = settle_tokenizer(config, runtime, report, out, saved, "the pretraining text",
+                                 lambda: texts_only(sources.rows(config, runtime, held_out=False, shard=False)))
+    if saved is not None and saved.get("data", {}).get("fingerprint") != sources.fingerprint:
+        raise UserError(f"the pretraining text changed since this run started: resume with the same data, or "
+                        "start a new run with --overwrite.")
+    key = dict(fingerprint=sources.fingerprint, val_fraction=config.val_fraction, columns=sources.columns)
+    split = {}
+    for role, held_out in (("train", False), ("validation", True)):
+        counts = RowCounts()
+        split[role] = tokenize_split(out, role, dict(key, held_out=held_out),
+                                     sources.rows(config, runtime, held_out=held_out, counts=counts), counts,
+                                     tokenizer, config, runtime, report, max_length=WHOLE_TEXT)
+    tokens = {role: int(distributed.sum_array(np.array([int(s.encoded.lengths.sum())]), runtime)[0])
+              for role, s in split.items()}
+    if min(tokens.values()) == 0:
+        raise UserError("the pretraining text has no words on one side of the held-out split: give more text, or "
+                        "a larger --val-fraction.")
+    record = checkpoint.run_record(config, None, tokenizer.get_vocab_size(), dict(
+        fingerprint=sources.fingerprint, sources=sources.names, text_columns=sources.columns, tokens=tokens,
+        splits=dict(train=f"{1 - config.val_fraction:g} of the text", validation=f"{config.val_fraction:g} of the "
+                    "text, held out by text hash")), task=TASK)
+    record = write_record(out, tokenizer, record, saved, config, runtime)
+
+    counts = distributed.sum_array(np.bincount(split["train"].encoded.ids, minlength=tokenizer.get_vocab_size()),
+                                   runtime)
+    torch.manual_seed(config.seed)
+    model = LanguageModel(config, tokenizer.get_vocab_size(), counts).to(runtime.device)
+    report.say(f"model: {describe_model(config)} language model{'s (forward and backward)' if config.bidirectional else ''}, "
+               f"adaptive softmax over {tokenizer.get_vocab_size():,} tokens, {count_parameters(model):,} parameters")
+    report.say(f"text: {tokens['train']:,} tokens to train on, {tokens['validation']:,} held out; windows of "
+               f"{config.max_length} tokens")
+    objective = language_model_objective(model, split["train"].encoded.windows(config.max_length),
+                                         split["validation"].encoded.windows(config.max_length), config, runtime)
+    outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, command="pretrain")
+
+    final = dict(validation=objective.validate(outcome.kept).best, best=outcome.position["best"],
+                 unigram_perplexity=unigram_perplexity(counts, split["validation"].encoded.ids, runtime),
+                 train=dict(tokens=tokens["train"], steps=outcome.position["step"], seconds=outcome.seconds))
+    if runtime.is_main:
+        checkpoint.write_json(out / checkpoint.METRICS, final)
+        checkpoint.remove_cache(out)
+        report.say(f"done in {outcome.seconds:.0f}s: validation perplexity {final['validation']['perplexity']:.1f} "
+                   f"(unigram {final['unigram_perplexity']:.1f}); fine-tune it with lstmcli train --init-from {out}")
+    distributed.barrier(runtime)
+    return final
+
+
+# -- text -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TextSources:
+    """The dataset's train split and every --unlabeled source, each with its text column."""
+    names: list[str]
+    streams: list[tuple[Source, str]]  # (source, split)
+    columns: list[str]
+    unused_test: str | None  # the dataset's test split, which pretraining never reads
+
+    @property
+    def fingerprint(self) -> str:
+        return checkpoint.sha256("\n".join(s.fingerprint for s, _ in self.streams).encode())
+
+    def describe(self, config: Config) -> list[str]:
+        lines = [f"text: {name} [{split}], column {column!r}"
+                 for name, (_, split), column in zip(self.names, self.streams, self.columns)]
+        if self.unused_test:
+            lines.append(f"text: the {self.unused_test!r} split of {config.dataset} is not used, so that its "
+                         "texts stay unseen for testing")
+        return lines
+
+    def rows(self, config: Config, runtime, *, held_out: bool, shard: bool = True, counts: RowCounts | None = None):
+        """Chunks of (texts, None) from every source: the held-out share, or the rest."""
+        counts = counts if counts is not None else RowCounts()
+        return itertools.chain.from_iterable(
+            read_rows(distributed.shard(source.split(split), runtime) if shard else source.split(split),
+                      source.describe(split), column, None, strict=config.strict, counts=counts,
+                      holdout=(config.val_fraction, held_out))
+            for (source, split), column in zip(self.streams, self.columns))
+
+
+def open_text_sources(config: Config) -> TextSources:
+    """Open the dataset (its train split) and the --unlabeled sources; refuse a source that is the dataset's
+    test split."""
+    dataset = open_source(config.dataset, config.dataset_config)
+    dataset.split(config.train_split)
+    test = "test" if "test" in dataset.splits and config.train_split != "test" else None
+    test_files = {Path(f).resolve() for f in dataset.files.get(test, []) if f} if test else set()
+    names, streams, columns = [config.dataset], [(dataset, config.train_split)], []
+    for spec in config.unlabeled:
+        source = open_source(spec)
+        files = {Path(f).resolve() for files in source.files.values() for f in files if f}
+        if files & test_files:
+            raise UserError(f"--unlabeled {spec} is the test split of {config.dataset}: learning from its texts "
+                            "would make the test score optimistic; leave it out.")
+        names.append(spec)
+        streams.append((source, "train" if "train" in source.splits else next(iter(source.splits))))
+    for (source, split), name in zip(streams, names):
+        found = column_names(source.split(split), source.describe(split))
+        wanted = config.text_column if name == config.dataset else None
+        try:
+            columns.append(pick_column(found, wanted, TEXT_COLUMNS, "text"))
+        except UserError as e:
+            raise UserError(f"{name}: {e}") from None
+    return TextSources(names, streams, columns, test)
+
+
+# -- the objective --------------------------------------------------------------------------------------
+
+def language_model_objective(model: LanguageModel, train, validation, config: Config, runtime) -> loop.Objective:
+    """Predict every next word (and, bidirectional, every previous one) of the windows of text; validated by
+    perplexity on the held-out share."""
+    batches_per_epoch = distributed.max_int(-(-len(train) // config.batch_size), runtime)
+
+    def plan(epoch: int) -> list:
+        return epoch_plan(train.lengths, config.batch_size, config.bucket_size, config.seed, epoch, batches_per_epoch)
+
+    def make_batch(rows: np.ndarray) -> loop.Batch:
+        weight = 1.0 if len(rows) else 0.0  # a stand-in batch under torchrun, as in train
+        rows = rows if len(rows) else np.zeros(1, dtype=np.int64)
+        ids, lengths = train.batch(rows)
+        return loop.Batch((ids, lengths), weight, int(lengths.sum()))
+
+    def loss(trained, tensors):
+        total, count = trained(*tensors)
+        return total / max(count, 1), dict(loss=total.item(), words=count)
+
+    def progress(running: dict) -> tuple[float, str]:
+        mean = running.get("loss", 0.0) / max(running.get("words", 0), 1)
+        return mean, f"loss {mean:.3f} ppl {math.exp(min(mean, 50)):.1f}"
+
+    def validate(kept) -> loop.Validation:
+        mean = held_out_loss(kept, validation, eval_batch_size(config), runtime)
+        perplexity = math.exp(min(mean, 50))
+        return loop.Validation(-mean, dict(loss=mean, perplexity=perplexity),
+                               dict(val_loss=mean, val_perplexity=perplexity),
+                               f"validation perplexity {perplexity:.2f}")
+
+    # A batch without rare words leaves the adaptive softmax's tail clusters unused.
+    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate,
+                          skips_parameters=True)
+
+
+@torch.inference_mode()
+def held_out_loss(model: LanguageModel, encoded, batch_size: int, runtime) -> float:
+    """Mean negative log-likelihood per predicted word over every rank's held-out windows."""
+    was_training = model.training
+    model.eval()
+    total = np.zeros(2)
+    try:
+        for rows in eval_plan(encoded.lengths, batch_size):
+            ids, lengths = encoded.batch(rows)
+            with runtime.autocast():
+                loss, count = model(ids.to(runtime.device), lengths.to(runtime.device))
+            total += (float(loss), count)
+    finally:
+        model.train(was_training)
+    total = distributed.sum_array(total, runtime)
+    return float(total[0] / max(total[1], 1))
+
+
+def unigram_perplexity(counts: np.ndarray, held_out_ids: np.ndarray, runtime) -> float:
+    """The perplexity of word frequencies alone (add-one smoothed) on the held-out text: what the model must
+    beat to have learned anything about context. Counts the same words the model predicts only roughly (it
+    also scores each window's first word), which is close enough for a reference figure."""
+    probabilities = (counts + 1) / (counts.sum() + len(counts))
+    local = np.array([-np.log(probabilities[np.asarray(held_out_ids, dtype=np.int64)]).sum(), len(held_out_ids)])
+    total = distributed.sum_array(local, runtime)
+    return float(math.exp(total[0] / max(total[1], 1)))
