@@ -5,7 +5,8 @@
 Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw
 encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
 predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
-threads, precision, packing, compile, save (seconds per resumable state), processes (1 vs 2 under
+threads, precision, packing, compile, save (seconds per resumable state), explain (top-2 vs random
+deletion on the SST-2 recipe's model), processes (1 vs 2 under
 torchrun), profile. Every comparison runs in this one process and run, repeated, and reported as a median
 and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
 records a full run with its analysis.
@@ -42,6 +43,7 @@ from lstmcli.batching import epoch_plan, prefetch  # noqa: E402
 from lstmcli.checkpoint import load_run  # noqa: E402
 from lstmcli.config import Config, read_recipe  # noqa: E402
 from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
+from lstmcli.explain import deletion_drops, explain  # noqa: E402
 from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
 from lstmcli.runtime import choose_threads, cpu_has_bf16  # noqa: E402
@@ -321,6 +323,28 @@ class Bench:
         self.row("save", f"seconds per save ({sum(p.numel() for p in model.parameters()):,} parameters, "
                  f"{size / 1e6:.1f} MB on disk)", statistics.median(seconds), None, "s")
 
+    def explain(self):
+        print("explain: predict --explain on the SST-2 recipe's model; deleting each sentence's top-2 scored "
+              "tokens vs 2 random ones (SST-2 test)")
+        flags = read_recipe(ROOT / "recipes" / "sst2.toml")
+        if self.quick:
+            flags.update(epochs=1, max_steps=300)
+        _, _, run = self.train_run("explain-model", **flags)
+        texts = [json.loads(line)["text"] for line in (SHARED / "sst2" / "test.jsonl").open()]
+        texts = texts[:300] if self.quick else texts
+        predictor = Predictor.load(run, device="cpu", threads=self.num_threads, precision="fp32")
+        started = time.perf_counter()
+        for text in texts:
+            explain(predictor, text)
+        self.row("explain", "texts/s explained (one batched forward pass each)",
+                 len(texts) / (time.perf_counter() - started), None, "texts/s")
+        drops = deletion_drops(predictor, texts, k=2, seed=0)
+        self.row("explain", f"mean drop of the label's probability, top-2 tokens deleted ({drops['texts']} texts)",
+                 drops["top_drop"])
+        self.row("explain", "mean drop of the label's probability, 2 random tokens deleted", drops["random_drop"])
+        self.row("explain", "top-2 / random deletion", drops["ratio"], None, "x", ">= 2x", drops["ratio"] >= 2)
+        self.details["explain"] = drops
+
     def processes(self):
         print("processes: 1 process x 2 threads vs torchrun 2 processes x 1 thread (IMDB subset, same batches/rank)")
         subset = self.imdb_subset(2000 if self.quick else 8000, "imdb-ddp.jsonl")
@@ -478,7 +502,7 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
-            "compile", "save", "processes", "profile"]
+            "compile", "save", "explain", "processes", "profile"]
 
 
 def main() -> None:

@@ -6,6 +6,7 @@
       tokenizer.json     the tokenizer exactly as training used it
       metrics.json       final validation and test metrics
       log.jsonl          one JSON line per evaluation
+      report.html        the page lstmcli report writes, on request
       resume.json        the training position (epoch, batch, step, best so far), naming ...
       state-<step>/      ... the model, optimizer and RNG tensors of that position
       cache/             tokenized splits, removed when the run finishes (the last state is kept, so
@@ -38,6 +39,7 @@ from .tokenizer import tokenizer_from_json
 
 CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
     "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "resume.json")
+REPORT = "report.html"  # written by lstmcli report, stale once the run is replaced
 CACHE = "cache"
 FORMAT = "lstmcli-run"
 FORMAT_VERSION = 1
@@ -119,7 +121,7 @@ def restartable(directory: Path) -> tuple[bool, bool]:
 
 def remove_run_files(directory: Path) -> None:
     """Delete what a run writes, and nothing else the user keeps in the directory."""
-    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME):
+    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME, REPORT):
         (directory / name).unlink(missing_ok=True)
     for path in directory.iterdir():
         if path.name.startswith(STATE_PREFIX) or path.name == CACHE or path.name.startswith(".") and ".tmp-" in path.name:

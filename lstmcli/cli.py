@@ -171,6 +171,11 @@ def predict(
     threads: Threads = 0,
     quantize: Quantize = False,
     as_json: Json = False,
+    explain: Annotated[bool, typer.Option("--explain", help=(
+        "Show which tokens carried each label, by leave-one-out occlusion: a token's score is the drop in "
+        "the predicted label's probability when it is left out (green/positive: toward the label, red/"
+        "negative: against). One batched forward pass per text, in fp32. With --json: an 'explanation' list "
+        "of {token, score, start, end} in text order."))] = False,
     debug: Debug = False,
 ):
     """Label texts: one line per text with the label and its probability (--json: every class's)."""
@@ -178,13 +183,52 @@ def predict(
 
     chunks = input_chunks(texts or [], file, text_column)
     first = next(chunks, None)  # read input before loading the model, so bad input fails fast
-    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size, quantize=quantize)
+    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size, quantize=quantize,
+                               precision="fp32" if explain else None)
+    if explain:
+        from .explain import explain_stream, print_explanations
+
+        explanations = explain_stream(predictor, itertools.chain([first], chunks))
+        if not as_json:
+            return print_explanations(explanations)
+        for e in explanations:
+            p = e.prediction
+            print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,
+                                  probabilities=p.probabilities, explanation=e.as_json()), ensure_ascii=False))
+        return
     for p in predictor.predict_stream(itertools.chain([first], chunks)):
         if as_json:
             print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,
                                   probabilities=p.probabilities), ensure_ascii=False))
         else:
             print(f"{p.label}\t{p.probability:.4f}\t{' '.join(p.text.split())}")
+
+
+@app.command()
+def report(
+    model_dir: ModelDir = Path("runs/latest"),
+    output: Annotated[Optional[Path], typer.Option(
+        help="HTML file to write. Default: report.html in the run directory.")] = None,
+    png: Annotated[Optional[Path], typer.Option(
+        help="Also write each figure as a PNG file into this directory.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Data whose confusion matrix and mistakes are shown (Hub name, folder or file). Default: the "
+             "run's own.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split of that data to score. Default: the one lstmcli eval scores (the test split, else the "
+             "run's validation data).")] = None,
+    batch_size: BatchSize = 256,
+    device: Device = "auto",
+    threads: Threads = 0,
+    debug: Debug = False,
+):
+    """One self-contained HTML page about a run: learning curves, confusion matrix, per-class scores, the
+    most confident mistakes, settings and data. Works while the run is still training."""
+    from .report import write_report
+
+    path = write_report(model_dir, output=output, png_dir=png, dataset=dataset, split=split, batch_size=batch_size,
+                        device=device, threads=threads)
+    print(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -91,10 +92,37 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
     """Metrics of a trained run on a split: by default the run's test split (else its validation data);
     any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
     from .checkpoint import load_run
-    from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
     from .predict import ready_model  # predict builds on this module
 
     run = load_run(model_dir)
+    rows = evaluation_rows(run, dataset=dataset, dataset_config=dataset_config, split=split,
+                           text_column=text_column, label_column=label_column)
+    model, runtime = ready_model(run, device=device, threads=threads, quantize=quantize)
+    matrix, loss = confusion_of_chunks(model, run.tokenizer, rows.chunks, len(run.labels.names),
+                                       run.config.max_length, run.config.truncation, batch_size, runtime)
+    if matrix.sum() == 0:
+        raise UserError(f"{rows.what} has no usable rows: check the data and --text-column / --label-column.")
+    result = metrics(matrix, run.labels.names, loss)
+    result.update(dataset=rows.dataset, split=rows.split)
+    return result
+
+
+@dataclass
+class EvaluationRows:
+    """The (texts, class ids) chunks of the split to evaluate, and what to call it."""
+    chunks: Iterator[tuple[list[str], list[int]]]
+    dataset: str
+    split: str
+    what: str
+
+
+def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | None = None,
+                    split: str | None = None, text_column: str | None = None,
+                    label_column: str | None = None) -> EvaluationRows:
+    """The split `evaluate_run` scores, streamed as (texts, class ids) chunks: the run's test split, else
+    its validation data, unless another dataset or split is named."""
+    from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
+
     settings, recorded = run.config, run.record["data"]
     own_data = dataset is None
     source = open_source(settings.dataset if own_data else dataset,
@@ -130,11 +158,4 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
 
     chunks = ((texts, class_ids(keys)) for texts, keys in read_rows(stream, what, text_column, label_column,
                                                                     holdout=holdout))
-    model, runtime = ready_model(run, device=device, threads=threads, quantize=quantize)
-    matrix, loss = confusion_of_chunks(model, run.tokenizer, chunks, len(run.labels.names), settings.max_length,
-                                       settings.truncation, batch_size, runtime)
-    if matrix.sum() == 0:
-        raise UserError(f"{what} has no usable rows: check the data and --text-column / --label-column.")
-    result = metrics(matrix, run.labels.names, loss)
-    result.update(dataset=source.name, split=split + (" (held-out share)" if holdout else ""))
-    return result
+    return EvaluationRows(chunks, source.name, split + (" (held-out share)" if holdout else ""), what)

@@ -135,14 +135,20 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: 
     unk = [unknown_id(tokenizer)]
     rows = [e.ids for e in encodings]
     truncated = sum(len(r) > max_length for r in rows)
-    if truncated and truncation != "head":
-        head = max_length // 4 if truncation == "head-tail" else 0
-        rows = [r if len(r) <= max_length else r[:head] + r[len(r) - (max_length - head):] for r in rows]
-    rows = [r[:max_length] or unk for r in rows]
+    rows = [truncate(r, max_length, truncation) or unk for r in rows]
     lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
     ids = np.fromiter((i for r in rows for i in r), dtype=token_dtype(tokenizer.get_vocab_size()),
                       count=int(lengths.sum()))
     return Encoded(ids, lengths, truncated)
+
+
+def truncate(row: list, max_length: int, truncation: str) -> list:
+    """The items of `row` a model with `max_length` sees: the first, the last, or the first quarter and
+    the last three quarters (head-tail)."""
+    if len(row) <= max_length:
+        return row
+    head = {"head": max_length, "tail": 0, "head-tail": max_length // 4}[truncation]
+    return row[:head] + row[len(row) - (max_length - head):]
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
