@@ -44,11 +44,13 @@ from lstmcli.checkpoint import load_run  # noqa: E402
 from lstmcli.config import Config, read_recipe  # noqa: E402
 from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
 from lstmcli.explain import deletion_drops, explain  # noqa: E402
+from lstmcli.lm import LanguageModel  # noqa: E402
+from lstmcli.loop import save_state  # noqa: E402
 from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
+from lstmcli.pretrain import pretrain  # noqa: E402
 from lstmcli.runtime import choose_threads, cpu_has_bf16  # noqa: E402
 from lstmcli.tokenizer import encode, train_tokenizer  # noqa: E402
-from lstmcli.loop import save_state
 from lstmcli.train import train  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -118,6 +120,41 @@ class Bench:
                                    **dict(shape, embedding_dropout=0.2))
         self.row("step", "the same with the default --embedding-dropout 0.2", log[-1]["train_tokens_per_second"],
                  statistics.median(bare_rates), "tok/s")
+
+    # -- language model (pretrain): its output layer, and a whole step -------------------------------------
+    def pretrain(self):
+        print("pretrain: the language model's output layer on IMDB's word frequencies, adaptive vs full softmax")
+        texts = [r["text"] for r in self.imdb_train[:5000]]
+        tokenizer = train_tokenizer([texts], "wordlevel", 20000, 2, True)
+        ids = encode(tokenizer, texts, 256).ids.astype(np.int64)
+        vocab = tokenizer.get_vocab_size()
+        model = LanguageModel(Config(hidden_size=128), vocab, np.bincount(ids, minlength=vocab))
+        full = torch.nn.Linear(128, vocab)
+        targets = torch.from_numpy(ids[:12_800])
+        hidden = torch.randn(len(targets), 128, requires_grad=True)
+        torch.set_num_threads(self.num_threads)
+
+        def words_per_second(step) -> float:
+            step()
+            started = time.perf_counter()
+            for _ in range(3):
+                step()
+            return 3 * len(targets) / (time.perf_counter() - started)
+
+        adaptive = lambda: (-model.softmax(hidden, model.rank[targets]).output.sum()).backward()  # noqa: E731
+        whole = lambda: torch.nn.functional.cross_entropy(full(hidden), targets, reduction="sum").backward()  # noqa: E731
+        pairs = [(words_per_second(adaptive), words_per_second(whole)) for _ in range(2 if self.quick else 3)]
+        ratio = statistics.median(a / w for a, w in pairs)
+        self.row("pretrain", f"adaptive softmax words/s (forward+backward, {vocab:,} words, hidden 128)",
+                 statistics.median(a for a, _ in pairs), statistics.median(w for _, w in pairs), "words/s",
+                 ratio=ratio)
+        subset = self.imdb_subset(1000 if self.quick else 4000, "imdb-lm.jsonl")
+        out = self.work / "lm"
+        pretrain(Config(dataset=str(subset), output_dir=str(out), bidirectional=True, max_steps=20 if self.quick else 60,
+                        epochs=1, threads=self.num_threads, precision=self.dtype), overwrite=True, quiet=True)
+        log = [json.loads(line) for line in (out / "log.jsonl").open()]
+        self.row("pretrain", "pretrain tokens/s (1-layer BiLSTM-128 forward + backward LM, windows of 256)",
+                 log[-1]["train_tokens_per_second"], getattr(self, "train_rate", None), "tok/s")
 
     # -- 2. data pipeline ---------------------------------------------------------------------------------
     def pipeline(self):
@@ -502,7 +539,7 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
-            "compile", "save", "explain", "processes", "profile"]
+            "compile", "save", "explain", "processes", "profile", "pretrain"]
 
 
 def main() -> None:

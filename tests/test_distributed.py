@@ -136,3 +136,34 @@ def test_threads_are_shared_among_local_processes(monkeypatch):
     monkeypatch.setattr(runtime, "idle_cores", lambda cores, seconds=0.1: 1.1)  # other work holds 7 cores
     assert runtime.choose_threads(0, local_processes=1) == 1
     assert runtime.choose_threads(3, local_processes=2) == 3
+
+
+def test_two_processes_pretrain_one_language_model(odd_dataset, tmp_path):
+    """pretrain under torchrun: sharded text, one run directory, the held-out perplexity summed over ranks."""
+    from lstmcli.config import Config
+    from lstmcli.lm import LanguageModel
+    from lstmcli.pretrain import held_out_loss
+    from lstmcli.runtime import setup
+    from lstmcli.checkpoint import read_tensors
+    from lstmcli.tokenizer import tokenizer_from_json
+
+    out = tmp_path / "lm"
+    process = torchrun("-m", "lstmcli", "pretrain", "--dataset", odd_dataset, "--output-dir", out, *FLAGS)
+    printed, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    result = json.loads(printed)  # one rank prints
+    assert result["validation_perplexity"] < result["unigram_perplexity"]
+    assert json.loads((out / "resume.json").read_text())["world_size"] == 2
+    assert len(list(out.glob("model.safetensors"))) == 1
+    # The perplexity the two ranks agreed on is that of the whole held-out text, scored here in one process.
+    settings = Config(**{**json.loads((out / "config.json").read_text())["settings"], "threads": 1})
+    tokenizer = tokenizer_from_json((out / "tokenizer.json").read_text(), "tokenizer")
+    model = LanguageModel(settings, tokenizer.get_vocab_size())
+    model.load_state_dict(read_tensors(out / "model.safetensors"))
+    from lstmcli.data import open_source, read_rows
+    source = open_source(str(odd_dataset))
+    texts = [t for chunk, _ in read_rows(source.split("train"), "train", "text", None, holdout=(0.1, True)) for t in chunk]
+    held_out = encode(tokenizer, texts, 1_000_000).windows(settings.max_length)
+    loss = held_out_loss(model, held_out, 256, setup("cpu", "fp32", 1))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["validation"]["loss"] - loss) < 0.02, (metrics["validation"], loss)
