@@ -35,7 +35,7 @@ def confusion(model, encoded: Encoded, class_ids: np.ndarray, num_classes: int, 
     """Confusion matrix (rows: true class, columns: predicted) and the summed loss over one split."""
     def make_batch(rows):
         ids, lengths = encoded.batch(rows)
-        return ids, lengths, torch.from_numpy(class_ids[rows])
+        return ids, lengths, torch.from_numpy(class_ids[rows].astype(np.int64))  # int64: the sums below
 
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     loss = 0.0

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -24,8 +25,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import checkpoint, distributed, tokenized
 from .batching import epoch_plan, prefetch, to_device
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
-from .data import HOLDOUT, LABEL_COLUMNS, TEXT_COLUMNS, Labels, RowCounts, Source, SplitChoice, choose_splits, \
-    class_label_names, column_names, open_source, pick_column, read_rows, texts_only
+from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
+    pick_columns, read_rows, texts_only
 from .errors import Interrupted, UserError
 from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
@@ -57,6 +58,11 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
     """Train a classifier as `config` says; returns the final metrics (also written to metrics.json)."""
+    with contextlib.ExitStack() as run_lock:  # the run directory's lock, held until training ends
+        return _train(config, run_lock, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def _train(config: Config, run_lock: contextlib.ExitStack, *, resume: bool, overwrite: bool, quiet: bool) -> dict:
     # 1. runtime and run directory ------------------------------------------------------------------
     config.validate()
     runtime = setup(config.device, config.precision, config.threads)
@@ -64,8 +70,12 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     report = Reporter(quiet or not runtime.is_main)
     source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
     out = Path(config.output_dir)
-    distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
-        out, overwrite=overwrite, resume=resume))
+
+    def claim_output_dir():  # locked before anything in it is touched; one run per directory
+        run_lock.enter_context(checkpoint.lock_run_dir(out))
+        checkpoint.prepare_output_dir(out, overwrite=overwrite, resume=resume)
+
+    distributed.together(runtime, lambda: runtime.is_main and claim_output_dir())
     if config.dropout > 0 and config.layers == 1:
         report.warn("--dropout acts between LSTM layers and has no effect with --layers 1; use "
                     "--embedding-dropout, or --layers 2 or more.")
@@ -283,14 +293,16 @@ class TrainingSource:
     splits: SplitChoice
     text_column: str
     label_column: str
+    warnings: list[str]  # what the user should know about these choices
 
 
 def open_training_source(config: Config) -> TrainingSource:
     source = open_source(config.dataset, config.dataset_config)
     splits = choose_splits(source, config.train_split, config.eval_split)
-    columns = column_names(source.split(splits.train), source.describe(splits.train))
-    return TrainingSource(source, splits, pick_column(columns, config.text_column, TEXT_COLUMNS, "text"),
-                          pick_column(columns, config.label_column, LABEL_COLUMNS, "label"))
+    columns = pick_columns(source.split(splits.train), source.describe(splits.train), config.text_column,
+                           config.label_column)
+    return TrainingSource(source, splits, columns.text, columns.label,
+                          columns.notes + ([splits.warning] if splits.warning else []))
 
 
 @dataclass
@@ -314,6 +326,8 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     train_stream = source.split(splits.train)
     report.say(f"data: {config.dataset}: {splits.describe(config.val_fraction)}; columns "
                f"{text_column!r} -> {label_column!r}")
+    for warning in opened.warnings:
+        report.warn(warning)
 
     def rows(split: str | None, holdout_side: bool | None, counts: RowCounts):
         name = split or splits.train
@@ -332,7 +346,7 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
             tokenizer = train_tokenizer(texts_only(read_rows(
                 source.split(splits.train), source.describe(splits.train), text_column, label_column,
                 strict=config.strict, holdout=(config.val_fraction, False) if train_holdout is False else None)),
-                config.tokenizer, config.vocab_size, config.min_frequency, config.lowercase)
+                config.tokenizer, config.vocab_size, config.min_frequency, config.lowercase, warn=report.warn)
             text = tokenizer.to_str()
         tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
         report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on "
