@@ -75,6 +75,7 @@ class Source:
 def open_source(dataset: str, dataset_config: str | None = None) -> Source:
     """Open a data file, a folder (save_to_disk, Hub snapshot with a dataset card, or split files), or a
     Hub dataset, as streams."""
+    _quiet_library_logs()
     path = Path(dataset).expanduser()
     if path.is_file():
         _no_configs(path, dataset_config, "is one data file")
@@ -89,6 +90,15 @@ def open_source(dataset: str, dataset_config: str | None = None) -> Source:
     if _looks_local(path, dataset):
         raise UserError(f"dataset {dataset} not found: check the path, or give a Hugging Face Hub name.")
     return _open_hub(dataset, dataset_config)
+
+
+@functools.cache
+def _quiet_library_logs() -> None:
+    """lstmcli explains a broken file in one line (read_errors); the datasets library's own log line about
+    it ("Failed to load JSON from file ...") would be a second one."""
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
 def _no_configs(path: Path, config: str | None, layout: str) -> None:
@@ -196,18 +206,23 @@ def _fingerprint_files(paths: list[Path], salt: str = "", base: Path | None = No
     return digest.hexdigest()
 
 
+CARD_HEADER = re.compile(r"^\s*---[\r\n]+([\S\s]*?)[\r\n]+---(\r\n|\n|$)")  # as huggingface_hub finds it
+
+
 def _card_metadata(folder: Path) -> dict:
     """The YAML header of a folder's README.md (a dataset card), or {} when there is none."""
-    from huggingface_hub import DatasetCard
+    import yaml
 
     readme = folder / "README.md"
-    if not readme.is_file():
+    header = CARD_HEADER.match(readme.read_text(encoding="utf-8", errors="replace")) if readme.is_file() else None
+    if header is None:
         return {}
     try:
-        return DatasetCard.load(readme).data.to_dict()
-    except Exception as e:  # the YAML parser's errors
+        metadata = yaml.safe_load(header.group(1))
+    except yaml.YAMLError as e:
         raise UserError(f"{readme} has a dataset card that cannot be read ({_first_line(e)}): fix its YAML "
                         "header, or remove the header to read the folder as plain split files.") from None
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _open_snapshot(name: str, folder: Path, config: str | None, card: dict) -> Source:

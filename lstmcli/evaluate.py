@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from .batching import eval_plan, prefetch, to_device
 from .errors import UserError
 from .runtime import Runtime
+from .terminal import Reporter
 from .tokenizer import Encoded, encode
 
 
@@ -91,7 +92,7 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
     """Metrics of a trained run on a split: by default the run's test split (else its validation data);
     any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
     from .checkpoint import load_run
-    from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
+    from .data import column_names, open_source, pick_columns, read_rows
     from .predict import ready_model  # predict builds on this module
 
     run = load_run(model_dir)
@@ -116,8 +117,10 @@ def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str |
     columns = column_names(stream, what)
     text_column = text_column or (recorded["text_column"] if recorded["text_column"] in columns else None)
     label_column = label_column or (recorded["label_column"] if recorded["label_column"] in columns else None)
-    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
-    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
+    picked = pick_columns(stream, what, text_column, label_column)
+    text_column, label_column = picked.text, picked.label
+    for note in picked.notes:
+        Reporter().warn(note)
 
     lookup = run.labels.lookup()
 
