@@ -98,6 +98,8 @@ def test_several_configurations_need_dataset_config_and_are_never_mixed(tmp_path
     assert open_source(str(snapshot), "sst2").fingerprint != open_source(str(snapshot), "sst5").fingerprint
     code, _, err = cli("eval", "--model-dir", tmp_path / "run", "--json")  # the run's own config, reopened
     assert code == 0, err
+    code, _, err = cli("train", "--resume", "--output-dir", tmp_path / "run", *TINY, "--epochs", "5")
+    assert code == 0, err  # the fingerprint of the reopened configuration matches
 
 
 def test_a_plain_folder_with_one_subfolder_per_configuration(tmp_path, cli):
