@@ -24,7 +24,9 @@ def epoch_plan(lengths: np.ndarray, batch_size: int, bucket_size: int, seed: int
     the same number of steps; rows are then spread evenly over exactly that many batches.
     """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
+    # The same order as rng.permutation(len(lengths)), in half its memory (4 bytes a row).
+    order = np.arange(len(lengths), dtype=np.int32 if len(lengths) < 2 ** 31 else np.int64)
+    rng.shuffle(order)
     window = batch_size * bucket_size
     if bucket_size > 1:
         for start in range(0, len(order), window):

@@ -11,6 +11,7 @@
       state-<step>/      ... the model, optimizer and RNG tensors of that position
       cache/             tokenized splits, removed when the run finishes (the last state is kept, so
                          `--resume --epochs N` can extend a finished run)
+      .lock              locked (flock) by the process training in the directory; names that process
 
 Every file is written to a temporary name, fsynced and renamed over the old one. Tensors are stored
 only as safetensors and everything else as JSON: loading a run never unpickles anything, and each file
@@ -19,10 +20,15 @@ is checked (checksum, keys, shapes, dtypes, label names) before a byte of it is 
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +47,7 @@ CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
     "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "resume.json")
 REPORT = "report.html"  # written by lstmcli report, stale once the run is replaced
 CACHE = "cache"
+LOCK = ".lock"
 FORMAT = "lstmcli-run"
 FORMAT_VERSION = 1
 STATE_PREFIX = "state-"
@@ -89,6 +96,60 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@contextlib.contextmanager
+def lock_run_dir(directory: Path):
+    """Hold `directory` for this process while the block runs: an exclusive flock on its .lock file, which
+    the kernel releases whenever the process ends (kill -9 included), so a lock is never left stale. A
+    second holder is refused with one line naming the process that has it."""
+    directory = Path(directory)
+    created = not directory.exists()
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--output-dir {directory} is a file: choose a directory.")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot use {directory} as a run directory ({e.strerror or e}): choose another "
+                        "--output-dir.") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise UserError(f"cannot lock {directory / LOCK} ({e.strerror}): choose an --output-dir on a "
+                                "local file system.") from None
+            raise UserError(f"{directory} is in use by {_lock_holder(descriptor)}: wait for it to finish or stop "
+                            "it, or choose another --output-dir.") from None
+        if not (directory / LOCK).exists() or os.stat(directory / LOCK).st_ino != os.fstat(descriptor).st_ino:
+            raise UserError(f"{directory} was released by another process just now: run the command again.")
+        holder = dict(pid=os.getpid(), command=shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]]))
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            if created:  # a directory made here in which nothing came of it leaves no trace
+                with contextlib.suppress(OSError):
+                    if [p.name for p in directory.iterdir()] == [LOCK]:
+                        (directory / LOCK).unlink()
+                        directory.rmdir()
+    finally:
+        os.close(descriptor)
+
+
+def _lock_holder(descriptor: int) -> str:
+    """'process <pid> (<command>)' as the holder wrote it into the lock file, if that process still runs."""
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0))
+        pid, command = int(holder["pid"]), str(holder["command"])
+        os.kill(pid, 0)
+    except PermissionError:  # it runs, as another user
+        pass
+    except (OSError, ValueError, KeyError, TypeError):  # not written yet, or by a process now gone
+        return "another process"
+    return f"process {pid} ({command[:200]})"
+
+
 def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> None:
     """Make sure training may write into `directory`; refuse to replace anything without --overwrite."""
     holds_run = (directory / CONFIG).exists() or (directory / RESUME).exists()
@@ -102,7 +163,8 @@ def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> Non
     if holds_run and not overwrite:
         raise UserError(f"{directory} already holds a run: pass --overwrite to replace it, --resume to "
                         "continue it, or choose another --output-dir.")
-    if directory.exists() and not holds_run and any(directory.iterdir()) and not overwrite:
+    if directory.exists() and not holds_run and any(p.name != LOCK for p in directory.iterdir()) \
+            and not overwrite:
         raise UserError(f"{directory} is not empty and holds no lstmcli run: choose an empty or new "
                         "--output-dir, or pass --overwrite to write into it anyway.")
     if holds_run:

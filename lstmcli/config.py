@@ -37,25 +37,31 @@ def setting(default, help: str, *, group: str, choices=None, low=None, high=None
 @dataclass
 class Config:
     # -- data -------------------------------------------------------------------------------------
-    dataset: str = setting("data/sample", "Training data: a Hugging Face Hub name, a folder of split files "
-                           "(train.jsonl, validation.csv, ...) or one data file (csv, tsv, json, jsonl, "
-                           "parquet; .gz allowed).", group="data")
-    dataset_config: str | None = setting(None, "Hub dataset configuration, e.g. 'sst2' for the 'glue' "
-                                         "dataset.", group="data")
-    text_column: str | None = setting(None, "Column holding the text. Default: detected (text, sentence, "
-                                      "review, content, ...).", group="data")
-    label_column: str | None = setting(None, "Column holding the label. Default: detected (label, labels, "
-                                       "sentiment, class, stars, ...).", group="data")
+    dataset: str = setting("data/sample", "Training data: a Hugging Face Hub name, a folder (a Hub snapshot "
+                           "with its dataset card, a save_to_disk folder, or split files: train.jsonl, "
+                           "validation.csv, ...) or one data file (csv, tsv, json, jsonl, parquet; .gz allowed).",
+                           group="data")
+    dataset_config: str | None = setting(None, "Dataset configuration, e.g. 'sst2' for the 'glue' dataset: of a "
+                                         "Hub dataset, a snapshot folder's card, or a folder with one "
+                                         "sub-folder per configuration.", group="data")
+    text_column: str | None = setting(None, "Column holding the text. Default: detected by name (text, "
+                                      "sentence, Review Text, ...; case, spaces, _ and - ignored), else the "
+                                      "one column of long free text.", group="data")
+    label_column: str | None = setting(None, "Column holding the label. Default: detected by name (label, "
+                                       "sentiment, class, stars, Rating, ...), else the one column of a few "
+                                       "repeated values.", group="data")
     label_names: str | None = setting(None, "Comma-separated names for integer labels, in the order of "
                                       "their values (e.g. 'negative,positive' for 0 and 1), printed by "
                                       "eval and predict.", group="data")
     train_split: str = setting("train", "Split to train on.", group="data")
     eval_split: str | None = setting(None, "Split to validate on (picks the best epoch and early stopping). "
-                                     "Default: 'validation', else 'test', else --val-fraction of train "
-                                     "chosen by a hash of the text; 'holdout' asks for the latter.",
+                                     "Default: 'validation' (or 'valid', 'dev'), else --val-fraction of train "
+                                     "chosen by a hash of the text ('holdout' asks for that); never 'test' "
+                                     "unless named, with a warning that its score is then optimistic.",
                                      group="data")
     val_fraction: float = setting(0.1, "Share of train held out for validation when the dataset has "
-                                  "no validation or test split.", group="data", low=0.01, high=0.5)
+                                  "no validation split (or with --eval-split holdout).", group="data",
+                                  low=0.01, high=0.5)
     max_train_samples: int = setting(0, "Train on a seeded, class-balanced subset of this many rows of the train "
                                      "split (0: all of it), e.g. to study how many labels a task needs.",
                                      group="data", low=0)

@@ -1,9 +1,11 @@
 """Where examples come from: datasets as streams of (text, label) rows.
 
-Every source — a Hugging Face Hub name, a folder of split files, one data file — is opened with
-`datasets.load_dataset(..., streaming=True)`, so no split is ever loaded whole into memory. This module
-picks the splits and columns, turns raw labels into class ids, and turns the many ways a file can be
-broken into one readable error.
+Every source is opened the way the `datasets` library opens it, as streams, so no split is ever loaded
+whole into memory: a Hub name or a folder with a dataset card (a Hub snapshot) with
+`load_dataset(..., name=config, streaming=True)`, a `save_to_disk` folder with `load_from_disk` and
+`to_iterable_dataset`, a plain folder of split files or one data file with the builder of its format.
+This module picks the splits and columns, turns raw labels into class ids, and turns the many ways a
+file can be broken into one readable error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import os
+import re
+import statistics
 import tempfile
 import warnings
 import zlib
@@ -22,7 +27,7 @@ from pathlib import Path
 from .errors import UserError
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "body", "comment", "review_text",
-                "review_body", "tweet", "utterance", "txt")
+                "review_body", "tweet", "utterance", "txt", "reviews", "comments", "message")
 LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "stars", "rating", "score", "polarity",
                  "target", "category", "y")
 # Suffix (after any .gz) -> the datasets builder that reads it, and its options.
@@ -68,15 +73,38 @@ class Source:
 
 
 def open_source(dataset: str, dataset_config: str | None = None) -> Source:
-    """Open a local file, a local folder of split files, or a Hub dataset, as streams."""
+    """Open a data file, a folder (save_to_disk, Hub snapshot with a dataset card, or split files), or a
+    Hub dataset, as streams."""
+    _quiet_library_logs()
     path = Path(dataset).expanduser()
     if path.is_file():
+        _no_configs(path, dataset_config, "is one data file")
         return _open_files(dataset, {"train": [path]})
     if path.is_dir():
-        return _open_files(dataset, _split_files(path))
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return _open_saved(dataset, path, dataset_config)
+        card = _card_metadata(path)
+        if "configs" in card or "dataset_info" in card:
+            return _open_snapshot(dataset, path, dataset_config, card)
+        return _open_files(dataset, _split_files(path, dataset_config))
     if _looks_local(path, dataset):
         raise UserError(f"dataset {dataset} not found: check the path, or give a Hugging Face Hub name.")
     return _open_hub(dataset, dataset_config)
+
+
+@functools.cache
+def _quiet_library_logs() -> None:
+    """lstmcli explains a broken file in one line (read_errors); the datasets library's own log line about
+    it ("Failed to load JSON from file ...") would be a second one."""
+    import datasets
+
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+
+
+def _no_configs(path: Path, config: str | None, layout: str) -> None:
+    if config is not None:
+        raise UserError(f"--dataset-config {config!r} does not apply: {path} {layout}, without configurations. "
+                        "Drop --dataset-config.")
 
 
 def _looks_local(path: Path, given: str) -> bool:
@@ -86,8 +114,12 @@ def _looks_local(path: Path, given: str) -> bool:
             or len(path.parts) > 1 and Path(path.parts[0]).is_dir())
 
 
-def _split_files(folder: Path) -> dict[str, list[Path]]:
-    """Split name -> files, by the naming rules of the datasets library (train*, validation*/dev*, test*)."""
+def _split_files(folder: Path, config: str | None = None) -> dict[str, list[Path]]:
+    """Split name -> files, by the naming rules of the datasets library (train*, validation*/dev*, test*).
+
+    Sub-folders that each hold their own train split (glue-style `sst2/train.jsonl`, `sst5/train.jsonl`)
+    are configurations: one is chosen with --dataset-config, never several mixed into one split.
+    """
     from datasets.data_files import DataFilesDict, get_data_patterns
 
     try:
@@ -102,7 +134,27 @@ def _split_files(folder: Path) -> dict[str, list[Path]]:
     if not splits:
         raise UserError(f"no csv, tsv, json, jsonl or parquet files found in {folder}: name them "
                         "train.jsonl, validation.csv, test.parquet, ...")
-    return splits
+    configs = sorted({_config_of(folder, f) for f in splits.get("train", [])})
+    if len(configs) < 2:
+        _no_configs(folder, config, "holds one set of split files")
+        return splits
+    if config not in configs:
+        problem = "holds several datasets" if config is None else f"has no configuration {config!r}"
+        raise UserError(f"{folder} {problem}, each with its own train split ({', '.join(configs)}): pick one "
+                        "with --dataset-config.")
+    chosen = {name: [f for f in files if _config_of(folder, f) == config] for name, files in splits.items()}
+    return {name: files for name, files in chosen.items() if files}
+
+
+SPLIT_FOLDERS = re.compile(r"(train|training|validation|valid|val|dev|test|testing|eval|evaluation)", re.I)
+
+
+def _config_of(folder: Path, file: Path) -> str:
+    """The sub-folder a split file belongs to, not counting a folder named after its split (`train/`)."""
+    parts = Path(os.path.relpath(file, folder)).parent.parts
+    if parts and SPLIT_FOLDERS.fullmatch(parts[-1]):
+        parts = parts[:-1]
+    return "/".join(parts) or "."
 
 
 def _suffix(path: Path) -> str:
@@ -144,14 +196,73 @@ def _scratch_dir() -> str:
     return folder.name
 
 
-def _fingerprint_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint_files(paths: list[Path], salt: str = "", base: Path | None = None) -> str:
+    digest = hashlib.sha256(salt.encode())
     for path in sorted(paths):
-        digest.update(path.name.encode() + b"\0")
+        digest.update(str(path.relative_to(base) if base else path.name).encode() + b"\0")
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+CARD_HEADER = re.compile(r"^\s*---[\r\n]+([\S\s]*?)[\r\n]+---(\r\n|\n|$)")  # as huggingface_hub finds it
+
+
+def _card_metadata(folder: Path) -> dict:
+    """The YAML header of a folder's README.md (a dataset card), or {} when there is none."""
+    import yaml
+
+    readme = folder / "README.md"
+    header = CARD_HEADER.match(readme.read_text(encoding="utf-8", errors="replace")) if readme.is_file() else None
+    if header is None:
+        return {}
+    try:
+        metadata = yaml.safe_load(header.group(1))
+    except yaml.YAMLError as e:
+        raise UserError(f"{readme} has a dataset card that cannot be read ({_first_line(e)}): fix its YAML "
+                        "header, or remove the header to read the folder as plain split files.") from None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _open_snapshot(name: str, folder: Path, config: str | None, card: dict) -> Source:
+    """A folder with a dataset card (what the Hub's snapshot download leaves): its configs, files and features,
+    exactly as datasets.load_dataset(folder, name=config, streaming=True) reads them."""
+    import datasets
+
+    configs = [c.get("config_name", "default") for c in card.get("configs") or []]
+    defaults = [c.get("config_name", "default") for c in card.get("configs") or [] if c.get("default")]
+    if config is None and len(configs) > 1 and not defaults:
+        raise UserError(f"{folder} holds {len(configs)} configurations ({', '.join(configs)}) and its dataset "
+                        "card marks none as the default: pick one with --dataset-config.")
+    try:
+        with read_errors(str(folder)):
+            builder = datasets.load_dataset_builder(str(folder), name=config, cache_dir=_scratch_dir())
+            splits = dict(builder.as_streaming_dataset())
+    except ValueError as e:
+        if "BuilderConfig" in str(e):
+            raise UserError(f"{folder} has no configuration {config!r}; its dataset card names: "
+                            f"{', '.join(configs) or 'none'}. Pick one with --dataset-config.") from None
+        raise UserError(f"cannot open {folder} with its dataset card ({_first_line(e)}): fix the card's configs, "
+                        "or remove its YAML header to read the folder as plain split files.") from None
+    files = {str(split): [str(f) for f in paths] for split, paths in builder.config.data_files.items()}
+    paths = [Path(f) for paths in files.values() for f in paths] + [folder / "README.md"]
+    fingerprint = _fingerprint_files(paths, salt=f"config:{builder.config.name}")
+    return Source(name, {str(split): stream for split, stream in splits.items()}, files, fingerprint)
+
+
+def _open_saved(name: str, folder: Path, config: str | None) -> Source:
+    """A folder written by Dataset(Dict).save_to_disk: memory-mapped arrow files, read as streams."""
+    import datasets
+
+    _no_configs(folder, config, "was written by save_to_disk")
+    with read_errors(str(folder)):
+        saved = datasets.load_from_disk(str(folder))
+    parts = dict(saved) if isinstance(saved, datasets.DatasetDict) else {"train": saved}
+    files = {split: [f["filename"] for f in part.cache_files] for split, part in parts.items()}
+    paths = [p for p in folder.rglob("*") if p.is_file()]
+    return Source(name, {split: part.to_iterable_dataset() for split, part in parts.items()}, files,
+                  _fingerprint_files(paths, base=folder))
 
 
 def _open_hub(name: str, config: str | None) -> Source:
@@ -227,23 +338,148 @@ def column_names(stream, what: str) -> list[str]:
     return list(first)
 
 
+def normalized(name: str) -> str:
+    """A column name as a person reads it: 'Review Text', 'review_text' and 'ReviewText' are one name."""
+    return re.sub(r"[\s_\-\ufeff]+", "", name).lower()
+
+
+def find_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str) -> str | None:
+    """The column named by the user, or the one whose name is a candidate's (ignoring case, spaces,
+    underscores and hyphens); None when no name matches. A missing or ambiguous name is an error."""
+    flag = f"--{kind}-column"
+    by_name = {}
+    for column in columns:
+        by_name.setdefault(normalized(column), []).append(column)
+    if wanted is not None:
+        if wanted in columns:
+            return wanted
+        if len(by_name.get(normalized(wanted), [])) == 1:
+            return by_name[normalized(wanted)][0]
+        raise UserError(f"{kind} column {wanted!r} not found; the columns are: {', '.join(columns)}. "
+                        f"Name one with {flag}.")
+    found = [c for name in dict.fromkeys(map(normalized, candidates)) for c in by_name.get(name, [])]
+    if len(found) > 1:
+        raise UserError(f"several columns could be the {kind} ({', '.join(found)}); the columns are: "
+                        f"{', '.join(columns)}. Name one with {flag}.")
+    return found[0] if found else None
+
+
 def pick_column(columns: list[str], wanted: str | None, candidates: tuple[str, ...], kind: str) -> str:
     """The column named by the user, or the one candidate name present; anything else is an error."""
-    flag = f"--{kind}-column"
-    if wanted is not None:
-        if wanted not in columns:
-            raise UserError(f"{kind} column {wanted!r} not found; the columns are: {', '.join(columns)}. "
-                            f"Name one with {flag}.")
-        return wanted
-    lowered = {c.lower(): c for c in columns}
-    found = [lowered[c] for c in candidates if c in lowered]
-    if len(found) == 1:
-        return found[0]
-    if not found:
+    found = find_column(columns, wanted, candidates, kind)
+    if found is None:
         raise UserError(f"no {kind} column found; the columns are: {', '.join(columns)}. "
-                        f"Name one with {flag}.")
-    raise UserError(f"several columns could be the {kind} ({', '.join(found)}); the columns are: "
-                    f"{', '.join(columns)}. Name one with {flag}.")
+                        f"Name one with --{kind}-column.")
+    return found
+
+
+@dataclass
+class Columns:
+    """The text and label columns of a split, and why they were chosen when no name said so."""
+    text: str
+    label: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+SAMPLE_ROWS = 1000  # rows read to recognise the text and label columns by their content
+TEXT_MIN_CHARS = 12  # a text column's values are at least this long on average ...
+TEXT_DOMINANCE = 3  # ... and when several are, the longest wins if it is this many times longer
+LABEL_MAX_VALUES = 20  # a label column takes at most this many distinct values in the sample
+
+
+def pick_columns(stream, what: str, text_column: str | None = None, label_column: str | None = None, *,
+                 with_label: bool = True) -> Columns:
+    """The text and label columns: named by the user, else by a known name (`Review Text`, `sentiment`),
+    else recognised by content (the one column of long free text; a column of few distinct values)."""
+    columns = column_names(stream, what)
+    text = find_column(columns, text_column, TEXT_COLUMNS, "text")
+    label = find_column(columns, label_column, LABEL_COLUMNS, "label") if with_label else None
+    notes = []
+    if text is None or (with_label and label is None):
+        sample = _sample_values(stream, what, columns)
+        if text is None:
+            text = _text_by_content(columns, sample, exclude=label)
+            notes.append(f"no column is named like a text column; using {text!r}, "
+                         f"{_why_text(sample, text)}. Name another with --text-column.")
+        if with_label and label is None:
+            label = _label_by_content(columns, sample, exclude=text)
+            notes.append(f"no column is named like a label column; using {label!r}, "
+                         f"{_why_label(sample, label)}. Name another with --label-column.")
+    return Columns(text, label, notes)
+
+
+def _sample_values(stream, what: str, columns: list[str]) -> dict[str, list]:
+    """Non-null values of each column in the first SAMPLE_ROWS rows."""
+    values = {c: [] for c in columns}
+    with read_errors(what):
+        for row in stream.take(SAMPLE_ROWS):
+            for column in columns:
+                if row.get(column) is not None:
+                    values[column].append(row[column])
+    return values
+
+
+def _free_text_lengths(values: list) -> list[int] | None:
+    """Lengths of a column's values when they read as free text: strings, mostly distinct, of varying length
+    (codes, ids and dates have a fixed one)."""
+    if not values or not all(isinstance(v, str) for v in values):
+        return None
+    lengths = [len(v) for v in values]
+    if len(set(values)) < len(values) / 2 or (len(values) > 1 and len(set(lengths)) == 1):
+        return None
+    return lengths if statistics.fmean(lengths) >= TEXT_MIN_CHARS else None
+
+
+def _text_by_content(columns: list[str], sample: dict[str, list], exclude: str | None) -> str:
+    lengths = {c: statistics.fmean(ls) for c in columns if c != exclude
+               if (ls := _free_text_lengths(sample[c])) is not None}
+    ranked = sorted(lengths, key=lengths.get, reverse=True)
+    if len(ranked) == 1 or len(ranked) > 1 and lengths[ranked[0]] >= TEXT_DOMINANCE * lengths[ranked[1]]:
+        return ranked[0]
+    if not ranked:
+        raise UserError(f"no text column found; the columns are: {', '.join(columns)}, and none holds free text. "
+                        "Name one with --text-column.")
+    described = ", ".join(f"{c} ({lengths[c]:.0f} characters on average)" for c in ranked)
+    raise UserError(f"several columns could be the text ({described}); the columns are: {', '.join(columns)}. "
+                    "Name one with --text-column.")
+
+
+def _why_text(sample: dict[str, list], column: str) -> str:
+    values = sample[column]
+    return (f"the column of free text ({statistics.fmean(map(len, values)):.0f} characters on average in the "
+            f"first {len(values):,} rows)")
+
+
+def _few_values(values: list) -> bool:
+    """Whether a column reads as class labels: short names or whole numbers, each repeated (at most
+    LABEL_MAX_VALUES distinct, and no more than half as many as rows)."""
+    def label_like(v):
+        return (isinstance(v, bool | int) or isinstance(v, float) and v.is_integer()
+                or isinstance(v, str) and 0 < len(v.strip()) <= 40)
+
+    return (bool(values) and all(map(label_like, values))
+            and len(set(values)) <= min(LABEL_MAX_VALUES, len(values) / 2))
+
+
+def _label_by_content(columns: list[str], sample: dict[str, list], exclude: str | None) -> str:
+    candidates = [c for c in columns if c != exclude and _few_values(sample[c])]
+    varied = [c for c in candidates if len(set(sample[c])) > 1]
+    pool = varied or candidates  # a file sorted by label may start with rows of one class only
+    if len(pool) == 1:
+        return pool[0]
+    if not pool:
+        raise UserError(f"no label column found; the columns are: {', '.join(columns)}, and none holds a few "
+                        "repeated values. Name one with --label-column.")
+    described = ", ".join(f"{c} ({len(set(sample[c]))} values)" for c in pool)
+    raise UserError(f"several columns could be the label ({described}); the columns are: {', '.join(columns)}. "
+                    "Name one with --label-column.")
+
+
+def _why_label(sample: dict[str, list], column: str) -> str:
+    values = sample[column]
+    distinct = sorted(set(values), key=str)
+    shown = ", ".join(map(repr, distinct[:6])) + (", ..." if len(distinct) > 6 else "")
+    return f"the column of few repeated values ({len(distinct)} distinct in the first {len(values):,} rows: {shown})"
 
 
 def class_label_names(stream, label_column: str) -> list[str] | None:
@@ -401,9 +637,17 @@ class SplitChoice:
         test = repr(self.test) if self.test else "none"
         return f"train {self.train!r}, validation {validation}, test {test}"
 
+    @property
+    def warning(self) -> str | None:
+        if self.validation is None or self.validation != self.test:
+            return None
+        return (f"validating on {self.test!r} picks the best checkpoint and stops early on the split reported as "
+                "test, so its test score is optimistic; leave out --eval-split to hold out part of train instead.")
+
 
 def choose_splits(source: Source, train_split: str, eval_split: str | None) -> SplitChoice:
-    """Validation: the one asked for, else 'validation', else 'test', else a hashed share of train."""
+    """Validation: the one asked for, else 'validation' (or 'valid', 'dev'), else a hashed share of train.
+    Test: 'test'. The split reported as test picks nothing unless --eval-split names it (with a warning)."""
     source.split(train_split)
     others = [s for s in source.splits if s != train_split]
     if eval_split == HOLDOUT:
@@ -412,6 +656,5 @@ def choose_splits(source: Source, train_split: str, eval_split: str | None) -> S
         source.split(eval_split)
         validation = eval_split
     else:
-        validation = next((s for s in ("validation", "valid", "dev", "test") if s in others), None)
-    test = "test" if "test" in others and validation != "test" else None
-    return SplitChoice(train_split, validation, test)
+        validation = next((s for s in ("validation", "valid", "dev") if s in others), None)
+    return SplitChoice(train_split, validation, "test" if "test" in others else None)

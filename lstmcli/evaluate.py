@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from .batching import eval_plan, prefetch, to_device
 from .errors import UserError
 from .runtime import Runtime
+from .terminal import Reporter
 from .tokenizer import Encoded, encode
 
 
@@ -36,7 +37,7 @@ def confusion(model, encoded: Encoded, class_ids: np.ndarray, num_classes: int, 
     """Confusion matrix (rows: true class, columns: predicted) and the summed loss over one split."""
     def make_batch(rows):
         ids, lengths = encoded.batch(rows)
-        return ids, lengths, torch.from_numpy(class_ids[rows])
+        return ids, lengths, torch.from_numpy(class_ids[rows].astype(np.int64))  # int64: the sums below
 
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
     loss = 0.0
@@ -121,7 +122,7 @@ def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | No
                     label_column: str | None = None) -> EvaluationRows:
     """The split `evaluate_run` scores, streamed as (texts, class ids) chunks: the run's test split, else
     its validation data, unless another dataset or split is named."""
-    from .data import LABEL_COLUMNS, TEXT_COLUMNS, column_names, open_source, pick_column, read_rows
+    from .data import column_names, open_source, pick_columns, read_rows
 
     settings, recorded = run.config, run.record["data"]
     own_data = dataset is None
@@ -144,8 +145,10 @@ def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | No
     columns = column_names(stream, what)
     text_column = text_column or (recorded["text_column"] if recorded["text_column"] in columns else None)
     label_column = label_column or (recorded["label_column"] if recorded["label_column"] in columns else None)
-    text_column = pick_column(columns, text_column, TEXT_COLUMNS, "text")
-    label_column = pick_column(columns, label_column, LABEL_COLUMNS, "label")
+    picked = pick_columns(stream, what, text_column, label_column)
+    text_column, label_column = picked.text, picked.label
+    for note in picked.notes:
+        Reporter().warn(note)
 
     lookup = run.labels.lookup()
 

@@ -12,7 +12,7 @@ import torch
 
 from .batching import eval_plan
 from .checkpoint import Run, load_run
-from .data import FORMATS, TEXT_COLUMNS, _suffix, column_names, open_source, pick_column, read_errors, read_rows
+from .data import FORMATS, _suffix, open_source, pick_columns, read_errors, read_rows
 from .errors import UserError
 from .evaluate import logits_of
 from .runtime import Runtime, setup
@@ -98,8 +98,12 @@ def input_chunks(texts: list[str], file: str | None, text_column: str | None) ->
     if _suffix(path) in FORMATS:
         source = open_source(file)
         stream = source.split("train")
-        column = pick_column(column_names(stream, file), text_column, TEXT_COLUMNS, "text")
-        for chunk, _ in read_rows(stream, file, column, None):
+        picked = pick_columns(stream, file, text_column, with_label=False)
+        if picked.notes:
+            from .terminal import Reporter  # rich: imported only when needed, predict starts cold often
+
+            Reporter().warn(picked.notes[0])
+        for chunk, _ in read_rows(stream, file, picked.text, None):
             yield chunk
         return
     with path.open("rb") as f:

@@ -10,6 +10,7 @@ The result is an ordinary run directory whose weights `lstmcli train --init-from
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -25,18 +26,22 @@ from .data import TEXT_COLUMNS, RowCounts, Source, column_names, open_source, pi
 from .errors import UserError
 from .lm import TASK, LanguageModel
 from .model import count_parameters
-from .train import announce, describe_model, eval_batch_size, start_run, settle_tokenizer, tokenize_split, \
-    write_record
+from .train import announce, claim_output_dir, describe_model, eval_batch_size, settle_tokenizer, start_run, \
+    tokenize_split, write_record
 
 WHOLE_TEXT = 1_000_000  # tokens read per text: pretraining cuts long texts into windows instead of truncating
 
 
 def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
     """Train a language model as `config` says; returns the final figures (also written to metrics.json)."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, from claim_output_dir to the end
+        return _pretrain(config, held, resume=resume, overwrite=overwrite, quiet=quiet)
+
+
+def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrite: bool, quiet: bool) -> dict:
     runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
     sources = distributed.together(runtime, open_text_sources, config)
-    distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
-        out, overwrite=overwrite, resume=resume))
+    claim_output_dir(held, out, runtime, overwrite=overwrite, resume=resume)
     announce(config, runtime, report)
     for line in sources.describe(config):
         report.say(line)
@@ -65,8 +70,7 @@ def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, q
                     "text, held out by text hash")), task=TASK)
     record = write_record(out, tokenizer, record, saved, config, runtime)
 
-    counts = distributed.sum_array(np.bincount(split["train"].encoded.ids, minlength=tokenizer.get_vocab_size()),
-                                   runtime)
+    counts = distributed.sum_array(split["train"].encoded.token_counts(tokenizer.get_vocab_size()), runtime)
     torch.manual_seed(config.seed)
     model = LanguageModel(config, tokenizer.get_vocab_size(), counts).to(runtime.device)
     report.say(f"model: {describe_model(config)} language model{'s (forward and backward)' if config.bidirectional else ''}, "
@@ -78,7 +82,8 @@ def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, q
     outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, command="pretrain")
 
     final = dict(validation=objective.validate(outcome.kept).best, best=outcome.position["best"],
-                 unigram_perplexity=unigram_perplexity(counts, split["validation"].encoded.ids, runtime),
+                 unigram_perplexity=unigram_perplexity(
+                     counts, split["validation"].encoded.token_counts(tokenizer.get_vocab_size()), runtime),
                  train=dict(tokens=tokens["train"], steps=outcome.position["step"], seconds=outcome.seconds))
     if runtime.is_main:
         checkpoint.write_json(out / checkpoint.METRICS, final)
@@ -201,11 +206,10 @@ def held_out_loss(model: LanguageModel, encoded, batch_size: int, runtime) -> fl
     return float(total[0] / max(total[1], 1))
 
 
-def unigram_perplexity(counts: np.ndarray, held_out_ids: np.ndarray, runtime) -> float:
+def unigram_perplexity(counts: np.ndarray, held_out_counts: np.ndarray, runtime) -> float:
     """The perplexity of word frequencies alone (add-one smoothed) on the held-out text: what the model must
     beat to have learned anything about context. Counts the same words the model predicts only roughly (it
     also scores each window's first word), which is close enough for a reference figure."""
     probabilities = (counts + 1) / (counts.sum() + len(counts))
-    local = np.array([-np.log(probabilities[np.asarray(held_out_ids, dtype=np.int64)]).sum(), len(held_out_ids)])
-    total = distributed.sum_array(local, runtime)
-    return float(math.exp(total[0] / max(total[1], 1)))
+    held_out = distributed.sum_array(held_out_counts, runtime)
+    return float(math.exp(-(held_out * np.log(probabilities)).sum() / max(held_out.sum(), 1)))

@@ -1,32 +1,100 @@
 """Tokenized splits on disk: each text is streamed and tokenized once per run, then read by index.
 
 The first pass streams a split through the tokenizer and appends token ids to flat files inside the
-run directory; every epoch after that reads batches through memory maps. That gives a seeded shuffle
-over the whole split (even a file sorted by label) in constant memory, exact resumption at any batch,
-and no tokenization in the training loop.
+run directory; every epoch after that reads each batch's rows from them. That gives a seeded shuffle
+over the whole split (even a file sorted by label), exact resumption at any batch, and no tokenization
+in the training loop. Memory stays nearly flat in the number of rows: token ids are read with pread
+(never mapped, so they do not count in the process's memory), a start offset is kept per block of
+rows rather than per row, and class ids take one byte a row.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import shutil
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import UserError
-from .tokenizer import Encoded, encode, token_dtype
+from .tokenizer import encode, padded, token_dtype
 
 META = "meta.json"
+BLOCK = 64  # rows per stored start offset
+CHUNK_ROWS = 1 << 20  # label slots converted to class ids this many at a time
+
+
+class StoredTokens:
+    """A split's token ids in tokens.bin, read row by row; lengths memory-mapped."""
+
+    def __init__(self, path: Path, dtype: np.dtype, lengths: np.ndarray, truncated: int):
+        self.dtype, self.lengths, self.truncated = dtype, lengths, truncated
+        self._path, self._window_starts = path, None
+        self._file = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._file)
+        # Where each block of BLOCK rows starts; a row's start adds the lengths before it in its block.
+        sums = np.add.reduceat(lengths, np.arange(0, len(lengths), BLOCK), dtype=np.int64) if len(lengths) else []
+        self._block_starts = np.concatenate([[0], np.cumsum(sums)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def windows(self, size: int) -> StoredTokens:
+        """The same tokens as rows of at most `size` tokens, a longer text becoming consecutive windows (what a
+        language model trains on); reads the same file, with one start position per window."""
+        lengths = self.lengths.astype(np.int64)
+        pieces = np.maximum(1, -(-lengths // size))
+        text = np.repeat(np.arange(len(lengths)), pieces)
+        piece = np.arange(len(text)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        view = copy.copy(self)
+        view.lengths = np.minimum(size, lengths[text] - piece * size).astype(np.int32)
+        view._window_starts = self.starts(text) + piece * size
+        return view
+
+    def token_counts(self, vocab_size: int) -> np.ndarray:
+        """How often each token id occurs in the split."""
+        counts = np.zeros(vocab_size, dtype=np.int64)
+        with open(self._path, "rb") as tokens:
+            while len(chunk := np.fromfile(tokens, self.dtype, 1 << 22)):
+                counts += np.bincount(chunk, minlength=vocab_size)
+        return counts
+
+    def starts(self, rows: np.ndarray) -> np.ndarray:
+        """The position in tokens.bin of each row's first token."""
+        if self._window_starts is not None:
+            return self._window_starts[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        first = rows - rows % BLOCK
+        before = first[:, None] + np.arange(BLOCK)[None, :]
+        inside = before < rows[:, None]
+        lengths = self.lengths[np.where(inside, before, 0)]
+        return self._block_starts[rows // BLOCK] + np.where(inside, lengths, 0).sum(axis=1)
+
+    def row(self, index: int) -> np.ndarray:
+        return self._read([int(self.starts(np.array([index]))[0])], [int(self.lengths[index])])
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of `rows` padded to their longest text, and their lengths."""
+        lengths = self.lengths[rows].astype(np.int64)
+        return padded(self._read(self.starts(rows).tolist(), lengths.tolist()), lengths)
+
+    def _read(self, starts: list[int], lengths: list[int]) -> np.ndarray:
+        size = self.dtype.itemsize
+        data = b"".join(os.pread(self._file, n * size, start * size) for start, n in zip(starts, lengths))
+        return np.frombuffer(data, dtype=self.dtype)
 
 
 @dataclass
 class TokenizedSplit:
-    """One split's token ids (flat), lengths, and label slots (indexes into `label_keys`)."""
-    encoded: Encoded
-    label_slots: np.ndarray
+    """One split's token ids and lengths, and a label slot (an index into `label_keys`) per row."""
+    encoded: StoredTokens
+    directory: Path
     label_keys: list
     meta: dict
 
@@ -34,13 +102,19 @@ class TokenizedSplit:
         return len(self.encoded)
 
     def class_ids(self, lookup: dict, split_name: str) -> np.ndarray:
-        """The class id of every row, given the run's key -> id table."""
+        """The class id of every row, given the run's key -> id table: one byte each up to 256 classes
+        (what torch's cross-entropy takes besides int64)."""
         unknown = [k for k in self.label_keys if k not in lookup]
         if unknown:
             raise UserError(f"{split_name} has labels {unknown[:5]} that are not among the run's labels "
                             f"({', '.join(map(str, lookup))}): use data with the same label set.")
-        remap = np.array([lookup[k] for k in self.label_keys] or [0], dtype=np.int64)
-        return remap[self.label_slots]
+        dtype = np.uint8 if len(set(lookup.values())) <= 256 else np.int64
+        remap = np.array([lookup[k] for k in self.label_keys] or [0], dtype=dtype)
+        classes = np.empty(len(self), dtype=dtype)
+        with open(self.directory / "labels.bin", "rb") as slots:  # read, not mapped: no page stays resident
+            for start in range(0, len(self), CHUNK_ROWS):
+                classes[start:start + CHUNK_ROWS] = remap[np.fromfile(slots, np.int32, CHUNK_ROWS)]
+        return classes
 
 
 def load(directory: Path, key: dict) -> TokenizedSplit | None:
@@ -51,11 +125,9 @@ def load(directory: Path, key: dict) -> TokenizedSplit | None:
         return None
     if meta.get("key") != key:
         return None
-    rows, dtype = meta["rows"], np.dtype(meta["dtype"])
-    ids = _map(directory / "tokens.bin", dtype, meta["tokens"])
-    lengths = _map(directory / "lengths.bin", np.int32, rows)
-    slots = _map(directory / "labels.bin", np.int32, rows)
-    return TokenizedSplit(Encoded(ids, lengths, meta["truncated"]), slots, meta["label_keys"], meta)
+    lengths = _map(directory / "lengths.bin", np.int32, meta["rows"])
+    tokens = StoredTokens(directory / "tokens.bin", np.dtype(meta["dtype"]), lengths, meta["truncated"])
+    return TokenizedSplit(tokens, directory, meta["label_keys"], meta)
 
 
 def _map(path: Path, dtype, count: int) -> np.ndarray:

@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import TOKENIZER_KINDS
 from .errors import UserError
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID = 0  # trained tokenizers put [PAD] first; padding is masked in the model, so any id would do
+# Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Burmese): each character,
+# with its combining marks, is a word of its own. Otherwise a whole clause would be one word, seen once.
+UNSPACED_CHARACTER = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}\p{Lao}\p{Khmer}\p{Myanmar}ー]\p{M}*"
+LONG_WORD = 16  # characters; hardly any word of a language written with spaces is this long
+SAMPLE_TEXTS = 1000  # training texts checked for long words
 
 
 def train_tokenizer(text_chunks: Iterable[list[str]], kind: str, vocab_size: int, min_frequency: int,
-                    lowercase: bool) -> Tokenizer:
-    """A new tokenizer learned from the training texts: NFKC (+ lower-case), split on punctuation."""
+                    lowercase: bool, warn: Callable[[str], None] | None = None) -> Tokenizer:
+    """A new tokenizer learned from the training texts: NFKC (+ lower-case), split on spaces and
+    punctuation, and into characters in scripts written without spaces. `warn` hears when most words of
+    the texts are too long for a word-level vocabulary."""
     special = [PAD, UNK]
     if kind == "wordlevel":
         model = models.WordLevel(unk_token=UNK)
@@ -39,13 +46,34 @@ def train_tokenizer(text_chunks: Iterable[list[str]], kind: str, vocab_size: int
     tokenizer = Tokenizer(model)
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
     tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(UNSPACED_CHARACTER), "isolated"), pre_tokenizers.BertPreTokenizer()])
     if kind == "wordpiece":
         tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(text_chunks, trainer)
+    sample: list[str] = []
+    tokenizer.train_from_iterator(_keeping_first(text_chunks, sample), trainer)
     if tokenizer.get_vocab_size() <= len(special):
         raise UserError("the training texts gave an empty vocabulary: lower --min-frequency or give more data.")
+    if kind == "wordlevel" and warn and (share := long_word_share(tokenizer, sample)) > 0.5:
+        warn(f"{share:.0%} of the words in the first {len(sample):,} training texts are {LONG_WORD} or more "
+             "characters long: a word-level vocabulary learns little from them (text without spaces, codes?). "
+             "Try --tokenizer bpe.")
     return tokenizer
+
+
+def _keeping_first(chunks: Iterable[list[str]], sample: list[str]) -> Iterator[list[str]]:
+    """The chunks, unchanged, while the first SAMPLE_TEXTS texts are copied into `sample`."""
+    for chunk in chunks:
+        sample.extend(chunk[:SAMPLE_TEXTS - len(sample)])
+        yield chunk
+
+
+def long_word_share(tokenizer: Tokenizer, texts: list[str]) -> float:
+    """The share of the texts' words (as the tokenizer splits them, before its vocabulary) of LONG_WORD or
+    more characters."""
+    words = [word for text in texts
+             for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))]
+    return sum(len(word) >= LONG_WORD for word in words) / max(1, len(words))
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
@@ -90,42 +118,34 @@ def unknown_id(tokenizer: Tokenizer) -> int:
 
 @dataclass
 class Encoded:
-    """Texts as one flat array of token ids and a length per text: the layout in memory and on disk."""
+    """Texts as one flat array of token ids and a length per text (the layout on disk too)."""
     ids: np.ndarray
     lengths: np.ndarray
     truncated: int = 0
-    starts: np.ndarray | None = None  # where each text begins in `ids`; default: right after the one before
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        if self.starts is not None:
-            return self.starts
         offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=offsets[1:])
         return offsets
 
-    def windows(self, size: int) -> Encoded:
-        """The same tokens as rows of at most `size` tokens: a longer text becomes consecutive windows. Only an
-        index is built; the ids are shared."""
-        lengths = self.lengths.astype(np.int64)
-        pieces = np.maximum(1, -(-lengths // size))
-        text = np.repeat(np.arange(len(lengths)), pieces)
-        piece = np.arange(len(text)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-        window_lengths = np.minimum(size, lengths[text] - piece * size).astype(np.int32)
-        return Encoded(self.ids, window_lengths, starts=self.offsets[text] + piece * size)
-
     def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids of `rows` padded to their longest text, and their lengths: one gather, no loop."""
         lengths = self.lengths[rows].astype(np.int64)
-        width = int(lengths.max())
-        positions = np.arange(width)
-        inside = positions[None, :] < lengths[:, None]
-        index = np.where(inside, self.offsets[rows][:, None] + positions[None, :], 0)
-        ids = np.where(inside, self.ids[index], PAD_ID).astype(np.int64)
-        return torch.from_numpy(ids), torch.from_numpy(lengths)
+        ends = np.cumsum(lengths)
+        index = np.arange(ends[-1]) + np.repeat(self.offsets[rows] - (ends - lengths), lengths)
+        return padded(self.ids[index], lengths)
+
+
+def padded(flat: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts given as their token ids one after another, as one matrix padded to the longest, and the lengths."""
+    inside = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
+    ids = np.full(inside.shape, PAD_ID, dtype=np.int64)
+    ids[inside] = flat  # row by row, as `flat` runs
+    return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], max_length: int, truncation: str = "head") -> Encoded:

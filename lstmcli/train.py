@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ from torch.nn import functional as F
 from . import checkpoint, distributed, lm, loop, tokenized
 from .batching import balanced_subset, epoch_plan
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
-from .data import HOLDOUT, LABEL_COLUMNS, TEXT_COLUMNS, Labels, RowCounts, Source, SplitChoice, choose_splits, \
-    class_label_names, column_names, open_source, pick_column, read_rows, texts_only
+from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
+    pick_columns, read_rows, texts_only
 from .errors import UserError
 from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
@@ -56,14 +57,19 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
 def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
           hooks: loop.Hooks | None = None) -> dict:
     """Train a classifier as `config` says; returns the final metrics (also written to metrics.json)."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, from claim_output_dir to the end
+        return _train(config, held, resume=resume, overwrite=overwrite, quiet=quiet, hooks=hooks)
+
+
+def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrite: bool, quiet: bool,
+           hooks: loop.Hooks | None) -> dict:
     # 1. runtime and run directory ------------------------------------------------------------------
     if config.unlabeled:
         raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
                         "start from it with lstmcli train --init-from RUN.")
     runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
     source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
-    distributed.together(runtime, lambda: runtime.is_main and checkpoint.prepare_output_dir(
-        out, overwrite=overwrite, resume=resume))
+    claim_output_dir(held, out, runtime, overwrite=overwrite, resume=resume)
     announce(config, runtime, report)
 
     # 2-4. data, tokenizer, tokenized splits and labels -----------------------------------------------
@@ -118,6 +124,16 @@ def start_run(config: Config, *, resume: bool, overwrite: bool, quiet: bool) -> 
     runtime = setup(config.device, config.precision, config.threads)
     distributed.start(runtime)
     return runtime, Reporter(quiet or not runtime.is_main), Path(config.output_dir)
+
+
+def claim_output_dir(held: contextlib.ExitStack, out: Path, runtime: Runtime, *, overwrite: bool, resume: bool
+                     ) -> None:
+    """Lock the run directory (held until `held` closes: one run per directory), then make it ready."""
+    def claim():
+        held.enter_context(checkpoint.lock_run_dir(out))
+        checkpoint.prepare_output_dir(out, overwrite=overwrite, resume=resume)
+
+    distributed.together(runtime, lambda: runtime.is_main and claim())
 
 
 def announce(config: Config, runtime: Runtime, report: Reporter) -> None:
@@ -211,14 +227,16 @@ class TrainingSource:
     splits: SplitChoice
     text_column: str
     label_column: str
+    warnings: list[str]  # what the user should know about these choices
 
 
 def open_training_source(config: Config) -> TrainingSource:
     source = open_source(config.dataset, config.dataset_config)
     splits = choose_splits(source, config.train_split, config.eval_split)
-    columns = column_names(source.split(splits.train), source.describe(splits.train))
-    return TrainingSource(source, splits, pick_column(columns, config.text_column, TEXT_COLUMNS, "text"),
-                          pick_column(columns, config.label_column, LABEL_COLUMNS, "label"))
+    columns = pick_columns(source.split(splits.train), source.describe(splits.train), config.text_column,
+                           config.label_column)
+    return TrainingSource(source, splits, columns.text, columns.label,
+                          columns.notes + ([splits.warning] if splits.warning else []))
 
 
 @dataclass
@@ -242,6 +260,8 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     train_stream = source.split(splits.train)
     report.say(f"data: {config.dataset}: {splits.describe(config.val_fraction)}; columns "
                f"{text_column!r} -> {label_column!r}")
+    for warning in opened.warnings:
+        report.warn(warning)
 
     def rows(split: str | None, holdout_side: bool | None, counts: RowCounts):
         name = split or splits.train
@@ -319,7 +339,7 @@ def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Pa
     text = None
     if runtime.is_main:
         text = train_tokenizer(training_texts(), config.tokenizer, config.vocab_size, config.min_frequency,
-                               config.lowercase).to_str()
+                               config.lowercase, warn=report.warn).to_str()
     tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
     report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on {trained_on}")
     return tokenizer

@@ -28,8 +28,7 @@ def epoch_plan(lengths, batch_size, bucket_size, seed, epoch, num_batches=None):
     encoded = splits[f"train-rank{rank}"].encoded
     for rows in plan:
         for row in rows:
-            start = int(encoded.offsets[row])
-            consumed.append([epoch, encoded.ids[start:start + int(encoded.lengths[row])].tolist()])
+            consumed.append([epoch, encoded.row(row).tolist()])
     return plan
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import TINY, TINY_SETTINGS, assert_one_line_error, make_rows, named, write_jsonl
 from lstmcli.config import Config
-from lstmcli.data import Labels, choose_splits, is_validation_row, label_key, open_source, pick_column, read_rows
+from lstmcli.data import Labels, is_validation_row, label_key, open_source, pick_column, read_rows
 from lstmcli.errors import UserError
 from lstmcli.train import train
 
@@ -71,15 +71,6 @@ def test_folder_with_a_different_format_per_split(tmp_path):
     result = train_tiny(tmp_path, folder)
     assert result["splits"] == {"train": "train", "validation": "validation", "test": "test"}
     assert result["test"]["num_examples"] == 100 and result["test"]["accuracy"] > 0.85
-
-
-def test_test_split_validates_when_there_is_no_validation_split(tmp_path):
-    folder = tmp_path / "two"
-    write_jsonl(folder / "train.jsonl", make_rows(300, seed=1))
-    write_jsonl(folder / "test.jsonl", make_rows(80, seed=2))
-    splits = choose_splits(open_source(str(folder)), "train", None)
-    assert (splits.validation, splits.test) == ("test", None)
-    assert choose_splits(open_source(str(folder)), "train", "holdout").validation is None
 
 
 # -- labels -------------------------------------------------------------------------------------------
