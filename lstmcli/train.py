@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import checkpoint, distributed, tokenized
+from . import checkpoint, distributed, regularize, tokenized
 from .batching import epoch_plan, prefetch, to_device
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, LABEL_COLUMNS, TEXT_COLUMNS, Labels, RowCounts, Source, SplitChoice, choose_splits, \
@@ -106,6 +106,7 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
         class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
                                      device=runtime.device)
     trained = distributed.wrap(model, runtime)
+    adversary = regularize.adversary(config, model, runtime)
 
     # Every rank takes the same number of steps per epoch, or DDP's all-reduce would wait forever.
     batches_per_epoch = distributed.max_int(-(-len(data.train) // config.batch_size), runtime)
@@ -147,7 +148,9 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
     def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
         """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
         tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
+        validation_started = time.monotonic()
         result = validate()
+        validation_seconds = round(time.monotonic() - validation_started, 2)
         best = position["best"]
         improved = best is None or result["accuracy"] > best["accuracy"]
         if improved:
@@ -163,7 +166,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                    + (" (best)" if improved else ""))
         save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=current_lr(optimizer),
                   val_loss=result.get("loss"), val_accuracy=result["accuracy"], val_macro_f1=result["macro_f1"],
-                  best=improved, elapsed=elapsed(), train_tokens_per_second=tokens_per_second))
+                  best=improved, elapsed=elapsed(), eval_seconds=validation_seconds,
+                  train_tokens_per_second=tokens_per_second))
         return patience_exhausted(position, config)
 
     def save(log_entry: dict | None = None) -> None:
@@ -215,6 +219,8 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
                                         "or use --precision fp32.")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss * weight).backward()
+                    if adversary:
+                        scaler.scale(adversary.loss(trained, ids, lengths, targets, class_weights) * weight).backward()
                     if config.grad_clip:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
