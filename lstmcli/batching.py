@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+EVAL_TOKENS_PER_TEXT = 256  # the positions an evaluation batch may hold, per text of --batch-size
+
 
 def epoch_plan(lengths: np.ndarray, batch_size: int, bucket_size: int, seed: int, epoch: int,
                num_batches: int | None = None) -> list[np.ndarray]:
@@ -59,9 +61,17 @@ def balanced_subset(classes: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def eval_plan(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """All rows once, longest first, in batches: evaluation needs no shuffle and little padding."""
+    """All rows once, longest first, in batches: evaluation needs no shuffle and little padding. A batch of
+    long texts holds fewer of them, so that no batch has more than `batch_size * EVAL_TOKENS_PER_TEXT`
+    positions: memory stays that of short texts (256 texts of 2,900 tokens took 1.9 GB; of 256, 0.2 GB)."""
     order = np.argsort(-lengths.astype(np.int64), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    budget = batch_size * EVAL_TOKENS_PER_TEXT
+    batches, start = [], 0
+    while start < len(order):
+        size = min(batch_size, max(1, budget // max(1, int(lengths[order[start]]))))
+        batches.append(order[start:start + size])
+        start += size
+    return batches
 
 
 def prefetch(make_batch: Callable, plan: list, depth: int = 4) -> Iterator:

@@ -114,6 +114,11 @@ class Config:
                            choices=("max", "mean", "mean-max", "last"))
     init_state: str = setting("zeros", "Initial h0/c0: zeros, or learned parameters.", group="model",
                               choices=("zeros", "learned"))
+    segment_length: int = setting(0, "Read texts longer than this in segments of this many tokens, run side "
+                                  "by side as one wide batch and pooled over the whole text (0: one pass "
+                                  "over each text).", group="model", low=0, high=1_000_000)
+    weight_drop: float = setting(0.0, "DropConnect on the LSTM's hidden-to-hidden weights: the share of them "
+                                 "zeroed for each batch (AWD-LSTM).", group="model", low=0.0, high=0.99)
 
     # -- training ---------------------------------------------------------------------------------
     epochs: int = setting(10, "Passes over the training data.", group="training", low=1, resumable=True)
@@ -131,6 +136,11 @@ class Config:
                                low=0.0)
     ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
                          "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
+    adversarial: str = setting("none", "Adversarial training: none, or at (also train on the embeddings "
+                               "pushed along the loss gradient; about 2x a step).", group="training",
+                               choices=("none", "at"))
+    adversarial_epsilon: float = setting(1.0, "Size (L2 norm per text) of the --adversarial at push.",
+                                         group="training", low=0.0, high=1000.0)
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))
@@ -168,6 +178,9 @@ class Config:
                 raise UserError(f"{flag} {value} is too small: use a value of at least {meta['low']}.")
             if meta["high"] is not None and value > meta["high"]:
                 raise UserError(f"{flag} {value} is too large: use a value of at most {meta['high']}.")
+        if self.segment_length and self.pooling == "last":
+            raise UserError("--pooling last reads the final state, which --segment-length cuts into pieces: "
+                            "use --pooling max, mean or mean-max, or --segment-length 0.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise UserError(f"--device {self.device!r} is not one of: auto, cpu, cuda (or cuda:N).")
         return self

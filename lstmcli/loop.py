@@ -61,6 +61,9 @@ class Objective:
     validate: Callable[[torch.nn.Module], Validation]   # the kept weights -> Validation (on every rank)
     param_groups: list[dict] = field(default_factory=list)  # AdamW groups; 'lr_scale' multiplies the schedule
     skips_parameters: bool = False  # a step may leave some weights unused (torchrun must then look for them)
+    # A loss on the same batch that needs the first loss's gradients (adversarial training): called after its
+    # backward pass; both gradients go into one optimizer step.
+    second_loss: Callable[[torch.nn.Module, tuple], torch.Tensor] | None = None
 
 
 @dataclass
@@ -122,7 +125,9 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
     def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
         """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
         tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
+        validation_started = time.monotonic()
         result = objective.validate(kept)
+        validation_seconds = round(time.monotonic() - validation_started, 2)
         best = position["best"]
         improved = best is None or result.score > best["score"]
         if improved:
@@ -135,7 +140,8 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
         report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | {result.summary}"
                    + (" (best)" if improved else ""))
         save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
-                  **result.log, best=improved, elapsed=elapsed(), train_tokens_per_second=tokens_per_second))
+                  **result.log, best=improved, elapsed=elapsed(), eval_seconds=validation_seconds,
+                  train_tokens_per_second=tokens_per_second))
         if hooks.after_evaluation:
             hooks.after_evaluation(position["step"], result)
         return patience_exhausted(position, config)
@@ -181,6 +187,8 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
                                         "or use --precision fp32.")
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss * batch.weight).backward()
+                    if objective.second_loss:
+                        scaler.scale(objective.second_loss(trained, tensors) * batch.weight).backward()
                     if config.grad_clip:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -21,6 +21,8 @@ class LSTMClassifier(nn.Module):
     def __init__(self, config: Config, vocab_size: int, num_classes: int):
         super().__init__()
         self.pooling = config.pooling
+        self.segment_length = config.segment_length
+        self.weight_drop = config.weight_drop
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=PAD_ID)
         self.embedding_dropout = nn.Dropout(config.embedding_dropout)
         self.lstm = nn.LSTM(config.embed_dim, config.hidden_size, num_layers=config.layers, bias=config.bias,
@@ -39,13 +41,19 @@ class LSTMClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits (batch, classes) for token ids (batch, time) right-padded to their lengths (>= 1)."""
-        mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         x = self.embedding_dropout(self.embedding(ids))
-        h0, c0 = self._initial_state(ids.shape[0], x)
-        if self.lstm.bidirectional or self.quantized_directions is not None:
-            directions = self._layer_by_layer(x, lengths, mask, h0, c0)
+        run_lengths = lengths
+        if self.segment_length:
+            x, run_lengths = segments(x, lengths, self.segment_length)
+        run_mask = _mask(run_lengths, x.shape[1])
+        h0, c0 = self._initial_state(x.shape[0], x)
+        if self.lstm.bidirectional or self.weight_drop or self.quantized_directions is not None:
+            directions = self._layer_by_layer(x, run_lengths, run_mask, h0, c0)
         else:
             directions = [self.lstm(x, (h0, c0))[0]]  # one fused call: padding only follows each text
+        if self.segment_length:  # back to one row per text: segment k, position j is position k*L+j
+            directions = [d.reshape(ids.shape[0], -1, d.shape[2]) for d in directions]
+        mask = _mask(lengths, directions[0].shape[1])
         return self.classifier(torch.cat([self._pool(d, lengths, mask) for d in directions], dim=1))
 
     def _initial_state(self, batch: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +88,10 @@ class LSTMClassifier(nn.Module):
         """One direction of one layer of self.lstm, run forward over x with that direction's weights."""
         if self.quantized_directions is not None:
             return self.quantized_directions[f"l{layer}{suffix}"](x, (h0, c0))[0]
-        output, _, _ = torch.lstm(x, (h0, c0), self._weights(layer, suffix), self.lstm.bias, 1, 0.0,
-                                  self.training, False, True)
+        weights = self._weights(layer, suffix)
+        if self.weight_drop and self.training:  # DropConnect on W_hh: one mask for every time step (AWD-LSTM)
+            weights[1] = F.dropout(weights[1], self.weight_drop)
+        output, _, _ = torch.lstm(x, (h0, c0), weights, self.lstm.bias, 1, 0.0, self.training, False, True)
         return output
 
     def _weights(self, layer: int, suffix: str) -> list[torch.Tensor]:
@@ -126,6 +136,24 @@ def quantize(model: LSTMClassifier) -> LSTMClassifier:
         model.classifier = torch.ao.quantization.quantize_dynamic(
             nn.Sequential(model.classifier), {nn.Linear}, dtype=torch.qint8)[0]
     return model.eval()
+
+
+def segments(x: torch.Tensor, lengths: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts (batch, time, features) cut into consecutive segments of `length` steps, as one wide batch
+    (batch * segments, length, features) in text-major order, and each segment's own length (0 for a
+    segment wholly in padding). Boundaries fall at multiples of `length` in every text, whatever the
+    batch's width, so a text is cut the same alone or in any batch; a batch no wider than `length`
+    stays one segment per text, unpadded."""
+    width = torch.sym_min(x.shape[1], length)
+    count = -(-x.shape[1] // width)
+    x = F.pad(x, (0, 0, 0, count * width - x.shape[1]))
+    starts = torch.arange(count, device=x.device) * width
+    segment_lengths = (lengths[:, None] - starts[None, :]).clamp(0, width)
+    return x.reshape(x.shape[0] * count, width, x.shape[2]), segment_lengths.reshape(-1)
+
+
+def _mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import checkpoint, distributed, lm, loop, tokenized
+from . import checkpoint, distributed, lm, loop, regularize, tokenized
 from .batching import balanced_subset, epoch_plan
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
@@ -30,9 +30,6 @@ from .runtime import Runtime, setup
 from .terminal import Reporter
 from .tokenizer import load_tokenizer, tokenizer_from_json, train_tokenizer
 from .vectors import load_vectors
-
-SAVE_INTERVAL_SECONDS = 600  # a resumable state at least this often, besides every evaluation
-
 
 def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
     """The run's settings: defaults < recipe file < command line; on --resume the saved run's settings
@@ -203,12 +200,18 @@ def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Conf
                                     val_macro_f1=result["macro_f1"]),
                                f"validation accuracy {result['accuracy']:.4f} macro-F1 {result['macro_f1']:.4f}")
 
+    adversary = regularize.adversary(config, model, runtime)
+
+    def adversarial_loss(trained, tensors):
+        return adversary.loss(trained, *tensors, class_weights)
+
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     pretrained = [p for name, p in trainable if config.init_from and name.startswith(("embedding.", "lstm."))]
     groups = [dict(params=[p for _, p in trainable if not any(p is q for q in pretrained)])]
     if pretrained:
         groups.append(dict(params=pretrained, lr_scale=config.init_lr_scale))
-    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate, param_groups=groups)
+    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate, param_groups=groups,
+                          second_loss=adversarial_loss if adversary else None)
 
 
 def split_metrics(model, encoded, class_ids: np.ndarray, labels: Labels, config: Config, runtime: Runtime) -> dict:

@@ -54,7 +54,7 @@ def same_results(a, b):
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["validation"] == mb["validation"] and ma["test"] == mb["test"] and ma["best"] == mb["best"]
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    timing = ("elapsed", "train_tokens_per_second")
+    timing = ("elapsed", "eval_seconds", "train_tokens_per_second")
     logs = [[{k: v for k, v in json.loads(line).items() if k not in timing} for line in (r / "log.jsonl").open()]
             for r in (a, b)]
     assert logs[0] == logs[1]

@@ -1,0 +1,62 @@
+"""Regularisers that take more than a dropout layer: adversarial training on the embeddings.
+
+`--adversarial at` (Miyato, Dai & Goodfellow 2017, "Adversarial training methods for semi-supervised
+text classification"): after the ordinary backward pass, the embeddings of each text are pushed by
+`--adversarial-epsilon` (L2 norm over the whole text) along the gradient of the loss, the step runs a
+second forward and backward pass on the pushed embeddings, and both gradients go into one optimizer
+step. The push is the small change of the input that hurts the model most, so training on it smooths
+the model around each training text. It costs about one more step.
+
+(Weight-drop, `--weight-drop`, lives in the model: it is a dropout mask on the hidden-to-hidden weights.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .config import Config
+from .runtime import Runtime
+
+
+class Adversary:
+    """Watches the model's embeddings (after embedding dropout) through a forward hook: in a training
+    forward pass it keeps them with their gradient; in the pass that `loss` runs, it adds the push."""
+
+    def __init__(self, model: torch.nn.Module, epsilon: float, runtime: Runtime):
+        self.epsilon = epsilon
+        self.runtime = runtime
+        self.embedded: torch.Tensor | None = None
+        self.push: torch.Tensor | None = None
+        model.embedding_dropout.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        if self.push is not None:
+            return output + self.push
+        output.retain_grad()
+        self.embedded = output
+        return None
+
+    def loss(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+             class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss on embeddings pushed along the gradient of the last forward pass's loss: call it after
+        that loss's backward(), and call backward() on what it returns."""
+        gradient = self.embedded.grad
+        self.embedded = None
+        norm = gradient.float().pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
+        self.push = (self.epsilon * gradient / norm.clamp_min(1e-12)).to(gradient.dtype)
+        try:
+            with self.runtime.autocast():
+                logits = model(ids, lengths)
+        finally:
+            self.push = None
+        return F.cross_entropy(logits.float(), targets, weight=class_weights)
+
+
+def adversary(config: Config, model: torch.nn.Module, runtime: Runtime) -> Adversary | None:
+    """The adversary that --adversarial asks for, hooked into `model` (the bare model, not its DDP wrapper)."""
+    if config.adversarial == "none":
+        return None
+    return Adversary(model, config.adversarial_epsilon, runtime)

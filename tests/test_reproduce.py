@@ -1,0 +1,46 @@
+"""make reproduce's code path on a tiny recipe: it trains, evaluates, runs fastText and writes RESULTS.md and
+bench/reproduce.json, keeping the rows it did not rerun."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, write_splits
+
+pytest.importorskip("fasttext", reason="fastText is the anchor of make reproduce (make install-bench)")
+sys.path.insert(0, str(ROOT / "bench"))
+import reproduce  # noqa: E402
+
+
+def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkeypatch):
+    checkout = tmp_path / "checkout"
+    write_splits(tmp_path / "shared" / "datasets" / "tiny", train=300, validation=60, test=80, seed=5)
+    (checkout / "recipes").mkdir(parents=True)
+    (checkout / "bench").mkdir()
+    (checkout / "recipes" / "tiny.toml").write_text(
+        'dataset = "../shared/datasets/tiny"\nembed_dim = 16\nhidden_size = 16\nepochs = 4\nbatch_size = 16\nlr = 0.01\n'
+        'min_frequency = 1\nthreads = 1\n')
+    other = dict(set="imdb", setting="unlabelled text", accuracy=0.93, goal=0.93, fasttext=0.896, minutes=30.0,
+                 command="lstmcli pretrain ...", recipe="recipes/imdb-pretrained.toml", trained_on="imdb/train",
+                 macro_f1=0.93, train_minutes=29.0, fasttext_seconds=10.0, fasttext_settings="x", seeds={"0": 0.93})
+    (checkout / "bench" / "reproduce.json").write_text(json.dumps([other]))
+    monkeypatch.setattr(reproduce, "ROOT", checkout)
+    monkeypatch.setattr(reproduce, "SHARED", tmp_path / "shared" / "datasets")
+    monkeypatch.setattr(reproduce, "JSON", checkout / "bench" / "reproduce.json")
+    monkeypatch.setattr(reproduce, "RECIPES", {"tiny": ("tiny", 0.8)})
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--seeds", "0", "1"])
+
+    reproduce.main()
+
+    rows = json.loads((checkout / "bench" / "reproduce.json").read_text())
+    assert [r["setting"] for r in rows] == ["labels only", "unlabelled text"]
+    row = rows[0]
+    assert {"set", "setting", "accuracy", "goal", "fasttext", "minutes", "command"} <= row.keys()
+    assert row["set"] == "tiny" and row["goal"] == 0.8 and set(row["seeds"]) == {"0", "1"}
+    assert row["accuracy"] == pytest.approx(sum(row["seeds"].values()) / 2, abs=1e-4)
+    assert row["accuracy"] > 0.7 and 0 < row["fasttext"] <= 1 and row["minutes"] > 0
+    assert row["command"].startswith("lstmcli train --config recipes/tiny.toml")
+    results = (checkout / "RESULTS.md").read_text()
+    assert f"**{row['accuracy']:.4f}**" in results and "unlabelled text" in results
+    assert (checkout / "runs" / "recipes" / "tiny" / "model.safetensors").exists()
