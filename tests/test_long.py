@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from conftest import FILLER, TINY, TINY_SETTINGS, assert_one_line_error, make_rows, named, write_jsonl
 from lstmcli import regularize
 from lstmcli.batching import EVAL_TOKENS_PER_TEXT, eval_plan
-from lstmcli import train as train_module
+from lstmcli import loop as loop_module
 from lstmcli.config import Config
 from lstmcli.errors import Interrupted
 from lstmcli.model import LSTMClassifier, segments
@@ -169,14 +169,14 @@ def test_segmented_training_with_weight_drop_and_adversarial_learns_and_resumes_
                   quiet=True)
     assert whole["validation"]["accuracy"] > 0.85
 
-    real_save_due = train_module.save_due
+    real_save_due = loop_module.save_due
 
     def interrupt_at_step_40(config, step, last_save):
         if step == 40:
             os.kill(os.getpid(), signal.SIGINT)
         return real_save_due(config, step, last_save)
 
-    monkeypatch.setattr(train_module, "save_due", interrupt_at_step_40)
+    monkeypatch.setattr(loop_module, "save_due", interrupt_at_step_40)
     config = Config(dataset=str(data), output_dir=str(tmp_path / "cut"), **{**TINY_SETTINGS, **levers})
     with pytest.raises(Interrupted, match="at step 40"):
         train(config, quiet=True)
