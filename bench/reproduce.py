@@ -1,12 +1,14 @@
 """make reproduce: train every recipe in recipes/, evaluate it with `lstmcli eval`, and write RESULTS.md
 and bench/reproduce.json (one row per row of RESULTS.md).
 
-    python bench/reproduce.py [--only imdb sst2 ...] [--seeds 0 1 2]
+    python bench/reproduce.py [--only imdb sst2 ...] [--pretrained imdb-1k imdb ...] [--seeds 0 1 2]
 
 Each recipe is trained from scratch through the command line a user would type, then evaluated on its
 set's test split with `lstmcli eval`; fastText (bigrams, 2 threads) is trained on the same splits in the
 same run, as the anchor. With several --seeds each recipe is trained once per seed and its row gives the
-mean test accuracy (each seed's in reproduce.json). Needs ../shared/datasets beside the checkout.
+mean test accuracy (each seed's in reproduce.json). The rows that also learn from unlabelled text pretrain
+one language model (recipes/imdb-lm.toml; a finished one is reused) and fine-tune each set from it, fastText
+learning from the same labelled rows. Needs ../shared/datasets beside the checkout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -35,6 +39,18 @@ RECIPES = {
 }
 SETTING = "labels only"  # trained from scratch on the labelled train split: no pretrained vectors or outside text
 JSON = ROOT / "bench" / "reproduce.json"
+# Rows that also learn from unlabelled text: one language model, pretrained once on IMDB's train and unlabelled
+# reviews (recipes/imdb-lm.toml; never its test reviews), then a classifier fine-tuned from it with
+# `train --init-from`. name -> (set, setting, recipe, train flags beside --config, goal, labelled rows (None: all))
+LM_RECIPE, LM_RUN = "recipes/imdb-lm.toml", "runs/recipes/imdb-lm"
+PRETRAINED = {
+    "imdb-1k": ("imdb", "1k labels + unlabelled IMDB text", "recipes/imdb.toml",
+                ["--max-train-samples", "1000", "--epochs", "20"], 0.85, 1000),
+    "imdb": ("imdb", "all labels + unlabelled IMDB text", "recipes/imdb.toml", [], 0.935, None),
+    "sst2": ("sst2", "+ unlabelled IMDB text", "recipes/sst2.toml", [], 0.87, None),
+    "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB text", "recipes/rotten_tomatoes.toml", [], 0.82, None),
+    "sst5": ("sst5", "+ unlabelled IMDB text", "recipes/sst5-pretrained.toml", [], 0.46, None),
+}
 
 def lstmcli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lstmcli", *args], cwd=ROOT, env=ENV, text=True, capture_output=True)
@@ -45,24 +61,65 @@ def reproduce(name: str, seeds: list[int]) -> dict:
     test_set, goal = RECIPES[name]
     recipe = f"recipes/{name}.toml"
     train_set = Path(tomllib.loads((ROOT / recipe).read_text())["dataset"]).name
-    runs = [train_and_evaluate(name, recipe, test_set, seed) for seed in seeds]
+    runs = [train_and_evaluate(name, ["--config", recipe], test_set, seed) for seed in seeds]
     anchor = train_and_test(SHARED / train_set / "train.jsonl", SHARED / test_set / "test.jsonl")
+    return row(test_set, SETTING, recipe, f"{train_set}/train", goal, runs, anchor)
 
+
+def reproduce_pretrained(name: str, seeds: list[int]) -> dict:
+    """The language model (pretrained once; a finished one is reused), then one recipe fine-tuned from it per
+    seed, and fastText on the same labelled rows."""
+    test_set, setting, recipe, flags, goal, labelled = PRETRAINED[name]
+    pretrain_command = ["pretrain", "--config", LM_RECIPE, "--output-dir", LM_RUN, "--auto-resume", "--quiet"]
+    print(f"{name}: lstmcli {' '.join(pretrain_command)}", flush=True)
+    pretrained = lstmcli(*pretrain_command)
+    if pretrained.returncode != 0:
+        raise SystemExit(f"{name}: pretraining failed:\n{pretrained.stderr}")
+    lm_minutes = json.loads((ROOT / LM_RUN / "metrics.json").read_text())["train"]["seconds"] / 60
+    settings = tomllib.loads((ROOT / recipe).read_text())
+    train_file = SHARED / Path(settings["dataset"]).name / "train.jsonl"
+    args = ["--config", recipe, "--init-from", LM_RUN, *flags]
+    runs = [train_and_evaluate(f"{name}-pretrained", args, test_set, seed) for seed in seeds]
+    for run in runs:
+        run["commands"].insert(0, "lstmcli " + " ".join(pretrain_command[:-1]))
+    if labelled:  # fastText learns from the same labelled reviews the seed-0 run chose
+        train_file = labelled_subset(train_file, labelled, settings.get("val_fraction", 0.1), seeds[0])
+    anchor = train_and_test(train_file, SHARED / test_set / "test.jsonl")
+    trained_on = f"{Path(settings['dataset']).name}/train" + (f" ({labelled:,} labels)" if labelled else "")
+    return dict(row(test_set, setting, recipe, trained_on, goal, runs, anchor), pretrain_minutes=round(lm_minutes, 1))
+
+
+def labelled_subset(train_file: Path, size: int, val_fraction: float, seed: int) -> Path:
+    """The rows `--max-train-samples size --seed seed` trains on (the hashed validation share set aside first,
+    as the run does), as a file for fastText."""
+    from lstmcli.batching import balanced_subset
+    from lstmcli.data import is_validation_row
+
+    rows = [r for r in map(json.loads, train_file.open()) if not is_validation_row(r["text"], val_fraction)]
+    labels = sorted({r["label"] for r in rows})
+    picked = balanced_subset(np.array([labels.index(r["label"]) for r in rows]), size, seed)
+    path = ROOT / "runs" / "recipes" / f"{train_file.parent.name}-{size}-labels.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(rows[i]) + "\n" for i in picked))
+    return path
+
+
+def row(test_set: str, setting: str, recipe: str, trained_on: str, goal: float, runs: list[dict], anchor: dict) -> dict:
     def mean(key: str) -> float:
         return sum(r[key] for r in runs) / len(runs)
 
     print(f"  test accuracy {mean('accuracy'):.4f} (goal {goal}), fastText {anchor['accuracy']:.4f}", flush=True)
-    return dict(set=test_set, setting=SETTING, accuracy=round(mean("accuracy"), 4), goal=goal,
+    return dict(set=test_set, setting=setting, accuracy=round(mean("accuracy"), 4), goal=goal,
                 fasttext=round(anchor["accuracy"], 4), minutes=round(mean("wall_seconds") / 60, 1),
-                command=" && ".join(runs[0]["commands"]), recipe=recipe, trained_on=f"{train_set}/train",
+                command=" && ".join(runs[0]["commands"]), recipe=recipe, trained_on=trained_on,
                 macro_f1=round(mean("macro_f1"), 4), train_minutes=round(mean("train_seconds") / 60, 1),
                 fasttext_seconds=round(anchor["train_seconds"], 1), fasttext_settings=anchor["settings"],
                 seeds={str(r["seed"]): round(r["accuracy"], 4) for r in runs}, date=time.strftime("%Y-%m-%d"))
 
 
-def train_and_evaluate(name: str, recipe: str, test_set: str, seed: int) -> dict:
+def train_and_evaluate(name: str, train_args: list[str], test_set: str, seed: int) -> dict:
     run = f"runs/recipes/{name}"
-    train_command = ["train", "--config", recipe, *(["--seed", str(seed)] if seed else []), "--output-dir", run,
+    train_command = ["train", *train_args, *(["--seed", str(seed)] if seed else []), "--output-dir", run,
                      "--overwrite", "--quiet"]
     eval_command = ["eval", "--model-dir", run, "--dataset", f"../shared/datasets/{test_set}", "--split", "test",
                     "--json"]
@@ -125,14 +182,18 @@ def write_results(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", choices=list(RECIPES), help="recipes to run (default: all)")
+    parser.add_argument("--only", nargs="*", choices=list(RECIPES), help="labels-only recipes to run (with neither option: every row)")
+    parser.add_argument("--pretrained", nargs="*", choices=list(PRETRAINED),
+                        help="rows fine-tuned from the pretrained language model")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each recipe once per seed")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"reproduce: {SHARED} is absent. The recipes train on the shared benchmark datasets "
                          "(sst2, sst2-glue, sst5, imdb, rotten_tomatoes as {train,validation,test}.jsonl); put "
                          "them beside the checkout as ../shared/datasets and run make reproduce again.")
-    rows = merged([reproduce(name, args.seeds) for name in args.only or RECIPES])
+    everything = args.only is None and args.pretrained is None
+    rows = merged([reproduce(name, args.seeds) for name in (RECIPES if everything else args.only or [])] +
+                  [reproduce_pretrained(name, args.seeds) for name in (PRETRAINED if everything else args.pretrained or [])])
     write_results(rows)
     JSON.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote RESULTS.md and {JSON.relative_to(ROOT)}")

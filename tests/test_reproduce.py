@@ -29,6 +29,7 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     monkeypatch.setattr(reproduce, "SHARED", tmp_path / "shared" / "datasets")
     monkeypatch.setattr(reproduce, "JSON", checkout / "bench" / "reproduce.json")
     monkeypatch.setattr(reproduce, "RECIPES", {"tiny": ("tiny", 0.8)})
+    monkeypatch.setattr(reproduce, "PRETRAINED", {})
     monkeypatch.setattr(sys, "argv", ["reproduce.py", "--seeds", "0", "1"])
 
     reproduce.main()
