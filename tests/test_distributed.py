@@ -138,8 +138,9 @@ def test_threads_are_shared_among_local_processes(monkeypatch):
     assert runtime.choose_threads(3, local_processes=2) == 3
 
 
-def test_two_processes_pretrain_one_language_model(odd_dataset, tmp_path):
+def test_two_processes_pretrain_one_language_model(tmp_path):
     """pretrain under torchrun: sharded text, one run directory, the held-out perplexity summed over ranks."""
+    from test_pretrain import reviews
     from lstmcli.config import Config
     from lstmcli.lm import LanguageModel
     from lstmcli.pretrain import held_out_loss
@@ -147,8 +148,9 @@ def test_two_processes_pretrain_one_language_model(odd_dataset, tmp_path):
     from lstmcli.checkpoint import read_tensors
     from lstmcli.tokenizer import tokenizer_from_json
 
+    text = write_jsonl(tmp_path / "text.jsonl", reviews(1001, lambda words: words, seed=4))  # an odd number of rows
     out = tmp_path / "lm"
-    process = torchrun("-m", "lstmcli", "pretrain", "--dataset", odd_dataset, "--output-dir", out, *FLAGS)
+    process = torchrun("-m", "lstmcli", "pretrain", "--dataset", text, "--output-dir", out, *FLAGS)
     printed, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
     result = json.loads(printed)  # one rank prints
@@ -161,7 +163,7 @@ def test_two_processes_pretrain_one_language_model(odd_dataset, tmp_path):
     model = LanguageModel(settings, tokenizer.get_vocab_size())
     model.load_state_dict(read_tensors(out / "model.safetensors"))
     from lstmcli.data import open_source, read_rows
-    source = open_source(str(odd_dataset))
+    source = open_source(str(text))
     texts = [t for chunk, _ in read_rows(source.split("train"), "train", "text", None, holdout=(0.1, True)) for t in chunk]
     held_out = encode(tokenizer, texts, settings.max_length)  # short texts: one window each
     loss = held_out_loss(model, held_out, 256, setup("cpu", "fp32", 1))
