@@ -11,9 +11,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # inference without torch uses the plans and prefetch of this module
+    import torch
 
 
 def epoch_plan(lengths: np.ndarray, batch_size: int, bucket_size: int, seed: int, epoch: int,

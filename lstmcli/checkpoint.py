@@ -24,11 +24,9 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .config import Config, from_mapping
@@ -36,8 +34,12 @@ from .data import Labels
 from .errors import UserError
 from .tokenizer import tokenizer_from_json
 
+if TYPE_CHECKING:  # torch is imported where tensors are handled: reading a run for ONNX inference needs none
+    import torch
+
 CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
     "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "resume.json")
+EXPORTS = ("model.onnx", "model.int8.onnx")  # written by lstmcli export from the weights
 CACHE = "cache"
 FORMAT = "lstmcli-run"
 FORMAT_VERSION = 1
@@ -119,7 +121,7 @@ def restartable(directory: Path) -> tuple[bool, bool]:
 
 def remove_run_files(directory: Path) -> None:
     """Delete what a run writes, and nothing else the user keeps in the directory."""
-    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME):
+    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME, *EXPORTS):
         (directory / name).unlink(missing_ok=True)
     for path in directory.iterdir():
         if path.name.startswith(STATE_PREFIX) or path.name == CACHE or path.name.startswith(".") and ".tmp-" in path.name:
@@ -130,6 +132,7 @@ def run_record(config: Config, labels: Labels, vocab_size: int, data: dict) -> d
     """The content of config.json, without the weights' checksums."""
     import datasets
     import tokenizers
+    import torch
 
     return dict(format=FORMAT, format_version=FORMAT_VERSION, lstmcli_version=__version__,
                 versions=dict(torch=torch.__version__, datasets=datasets.__version__,
@@ -144,6 +147,8 @@ def save_weights(directory: Path, record: dict, state_dict: dict[str, torch.Tens
     config.json first lists both the old and the new checksum, then the weights are replaced, then the
     old checksum is dropped: whichever step a crash interrupts, the weights on disk match a listed one.
     """
+    from safetensors.torch import save as save_safetensors
+
     data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
                             metadata={"format": FORMAT})
     new = sha256(data)
@@ -171,6 +176,8 @@ def read_json(path: Path, what: str) -> dict:
 
 def read_tensors(path: Path, expected_sha256: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, after checking its checksum; never a pickle."""
+    from safetensors.torch import load as load_safetensors
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -271,6 +278,8 @@ def save_state(directory: Path, position: dict, tensors: dict[str, dict[str, tor
     if folder.name == current:  # saving the same step again: keep the committed folder until the new one is
         folder = folder.with_name(folder.name + "b")
     shutil.rmtree(folder, ignore_errors=True)
+    from safetensors.torch import save as save_safetensors
+
     checksums = {}
     try:
         folder.mkdir()

@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import sys
 import tempfile
 import warnings
 import zlib
@@ -112,8 +113,19 @@ def _suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
+def _datasets():
+    """The datasets library; in a process without torch (ONNX inference) told to leave torch alone: its
+    streams import torch only to share an epoch counter with DataLoader workers, which lstmcli never uses,
+    and importing torch would cost more than a whole ONNX prediction."""
     import datasets
+
+    if "torch" not in sys.modules:
+        datasets.config.TORCH_AVAILABLE = False
+    return datasets
+
+
+def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
+    datasets = _datasets()
 
     splits, files = {}, {}
     for split, paths in split_files.items():
@@ -155,7 +167,7 @@ def _fingerprint_files(paths: list[Path]) -> str:
 
 
 def _open_hub(name: str, config: str | None) -> Source:
-    import datasets
+    datasets = _datasets()
 
     try:
         splits = datasets.load_dataset(name, config, streaming=True)

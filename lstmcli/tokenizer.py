@@ -8,7 +8,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import TOKENIZER_KINDS
@@ -104,14 +103,21 @@ class Encoded:
         np.cumsum(self.lengths, out=offsets[1:])
         return offsets
 
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids of `rows` padded to their longest text, and their lengths: one gather, no loop."""
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of `rows` padded to their longest text, and their lengths (int64): one gather, no loop."""
         lengths = self.lengths[rows].astype(np.int64)
         width = int(lengths.max())
         positions = np.arange(width)
         inside = positions[None, :] < lengths[:, None]
         index = np.where(inside, self.offsets[rows][:, None] + positions[None, :], 0)
         ids = np.where(inside, self.ids[index], PAD_ID).astype(np.int64)
+        return ids, lengths
+
+    def batch(self, rows: np.ndarray):
+        """`padded` as torch tensors (sharing the memory), for training."""
+        import torch  # here, so that inference without torch can use this module
+
+        ids, lengths = self.padded(rows)
         return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 
