@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import math
 import os
@@ -27,7 +28,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -375,7 +378,8 @@ class Bench:
 
     def cold(self):
         print("cold start: one-text `lstmcli predict` on the ONNX export vs on torch, and a bare `import torch`")
-        command = [sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(self.deploy_run), "a quiet, wonderful film"]
+        command = [sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(self.deploy_run),
+                   "a quiet, wonderful film"]
         times = {"onnx": [], "torch": [], "import torch": []}
         for _ in range(3 if self.quick else 7):  # interleaved, so all three see the same machine
             for backend in ("onnx", "torch"):
@@ -384,8 +388,8 @@ class Bench:
         median = {name: statistics.median(values) for name, values in times.items()}
         self.details["cold"] = times
         ratio = median["onnx"] / median["torch"]
-        self.row("cold", "`lstmcli predict --backend onnx TEXT` (s), vs the torch path", median["onnx"], median["torch"],
-                 "s", "<= 0.35x the torch path", ratio <= 0.35)
+        self.row("cold", "`lstmcli predict --backend onnx TEXT` (s), vs the torch path", median["onnx"],
+                 median["torch"], "s", "<= 0.35x the torch path", ratio <= 0.35)
         self.row("cold", "`lstmcli predict --backend torch TEXT` (s), vs `import torch`", median["torch"],
                  median["import torch"], "s")
 
@@ -410,8 +414,8 @@ class Bench:
         self.details["backends"] = dict(rates=rates, accuracy=accuracy, texts=len(texts))
         reference = self.offline_rates["torch fp32"]
         for name in modes:
-            self.row("backends", f"IMDB test, {name}: texts/s (accuracy {accuracy[name]:.4f})", self.offline_rates[name],
-                     None if name == "torch fp32" else reference, "texts/s")
+            self.row("backends", f"IMDB test, {name}: texts/s (accuracy {accuracy[name]:.4f})",
+                     self.offline_rates[name], None if name == "torch fp32" else reference, "texts/s")
         best = self.offline_rates["onnx int8"] / reference
         lost = accuracy["torch fp32"] - accuracy["onnx int8"]
         self.row("backends", "onnx int8 vs torch fp32, speed", best, None, "x", ">= 1.8x", best >= 1.8)
@@ -434,6 +438,8 @@ class Bench:
         try:
             port = int(process.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
             seconds, latencies, errors = load_test(port, texts, clients)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+                batching = json.loads(response.read())["batching"]
         finally:
             process.send_signal(signal.SIGTERM)
             exit_code = process.wait(timeout=60)
@@ -441,7 +447,7 @@ class Bench:
         offline = self.offline_rates["onnx int8"]
         p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
         self.details["serve"] = dict(clients=clients, requests=len(texts), seconds=seconds, p50_ms=p50, p99_ms=p99,
-                                     errors=errors, exit_code=exit_code)
+                                     errors=errors, exit_code=exit_code, requests_and_model_calls=batching)
         self.row("serve", f"requests/s, {clients} clients x 1 text, vs offline onnx int8 texts/s", rate, offline,
                  "req/s", ">= 0.6 of offline", rate >= 0.6 * offline)
         self.row("serve", "latency p50 (ms)", p50, None, "ms")
@@ -453,9 +459,6 @@ class Bench:
 def load_test(port: int, texts: list[str], clients: int) -> tuple[float, list[float], int]:
     """Each client thread keeps one connection and sends one text at a time until `texts` are used up;
     returns the wall time, every request's latency, and the count of failed or wrong answers."""
-    import http.client
-    import threading
-
     position, lock, latencies, errors = iter(range(len(texts))), threading.Lock(), [], []
 
     def client():

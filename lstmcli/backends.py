@@ -84,12 +84,11 @@ def onnx_backend(run: Run, name: str, threads: int) -> Scorer:
     options.intra_op_num_threads = choose_threads(threads)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # ORT's own warnings are not the user's to act on
-    # As in training (runtime.setup): subnormal floats would slow the recurrence down for nothing.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     try:
         session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types for files it cannot load
-        raise UserError(f"{path} could not be loaded by ONNX Runtime ({str(e)[:160]}): re-run lstmcli export.") from None
+        raise UserError(f"{path} could not be loaded by ONNX Runtime ({str(e)[:160]}): re-run lstmcli "
+                        "export.") from None
 
     def logits(ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return session.run(["logits"], dict(zip(INPUTS, (ids, lengths))))[0]

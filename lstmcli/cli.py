@@ -166,9 +166,9 @@ def predict(
 @app.command()
 def export(
     model_dir: ModelDir = Path("runs/latest"),
-    quantize: Annotated[bool, typer.Option("--quantize", help="Also write model.int8.onnx (dynamic int8 LSTM and "
-                                                              "classifier weights: DynamicQuantizeLSTM), and report "
-                                                              "its accuracy change on the run's validation data.")] = False,
+    quantize: Annotated[bool, typer.Option(
+        "--quantize", help="Also write model.int8.onnx (dynamic int8 LSTM and classifier weights: DynamicQuantizeLSTM), "
+                           "and report its accuracy change on the run's validation data.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace model.onnx files that are not this run's "
                                                                 "recorded exports.")] = False,
     threads: Threads = 0,
@@ -195,7 +195,8 @@ def serve(
     model_dir: ModelDir = Path("runs/latest"),
     host: Annotated[str, typer.Option(help="Address to listen on. The default answers this machine only; "
                                            "put a reverse proxy in front to publish it (README).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port; the start line names it).")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535,
+                                      help="Port (0: any free port; the start line names it).")] = 8000,
     backend: Backend = "auto",
     quantize: Quantize = False,
     threads: Threads = 0,

@@ -55,7 +55,7 @@ def export_run(model_dir: str | Path, *, quantize: bool = False, overwrite: bool
         atomic_write(run.directory / name, data)
         exports[name] = dict(sha256=sha256(data), weights_sha256=run.record["weights"][WEIGHTS][0], opset=OPSET,
                              inputs=signature(graph.graph.input), outputs=signature(graph.graph.output),
-                             lstm="DynamicQuantizeLSTM, int8 per-channel weights" if name == ONNX_INT8 else "LSTM, fp32",
+                             lstm="DynamicQuantizeLSTM, int8 weights" if name == ONNX_INT8 else "LSTM, fp32",
                              lstmcli_version=__version__, onnx_version=onnx.__version__)
     exports[ONNX_FP32]["max_probability_difference_to_torch"] = difference
     write_json(run.directory / CONFIG, run.record)

@@ -121,7 +121,8 @@ def parse_texts(body: bytes, limits: Limits) -> list[str]:
         reason = " ".join(str(e).split())[:160] or type(e).__name__
         raise BadRequest(400, f'the body is not valid JSON ({reason}): send {{"texts": ["a text", ...]}}.') from None
     if not isinstance(value, dict):
-        raise BadRequest(422, f'the body is a JSON {json_type(value)}, not an object: send {{"texts": ["a text", ...]}}.')
+        raise BadRequest(422, f'the body is a JSON {json_type(value)}, not an object: send '
+                              '{"texts": ["a text", ...]}.')
     unknown = sorted(set(value) - {"texts"})
     if unknown:
         raise BadRequest(422, f'unknown field {unknown[0]!r}: the body has one field, {{"texts": ["a text", ...]}}.')

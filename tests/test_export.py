@@ -52,7 +52,8 @@ def fp32_run(tmp_path_factory, tiny_dataset):
 
 def torch_and_onnx(run, ids, lengths):
     loaded = load_run(run)
-    logits = [load_scorer(loaded, backend, device="cpu", threads=1).logits(ids, lengths) for backend in ("torch", "onnx")]
+    logits = [load_scorer(loaded, backend, device="cpu", threads=1).logits(ids, lengths)
+              for backend in ("torch", "onnx")]
     return [np.exp(x) / np.exp(x).sum(axis=1, keepdims=True) for x in logits]
 
 

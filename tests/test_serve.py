@@ -172,9 +172,11 @@ def test_wrong_method_and_path(server):
     assert server.request("POST", "/nowhere", b"{}")[0] == 404
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                      max_size=3), max_leaves=12)
+# no subnormal floats: training in this process flushed them to zero (runtime.setup), which hypothesis refuses
+scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_subnormal=False)
+           | st.text(max_size=20))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.text(max_size=8), inner, max_size=3), max_leaves=12)
 
 
 def is_valid(body: bytes) -> bool:
