@@ -129,7 +129,7 @@ def evaluate(
     if as_json:
         print(json.dumps(result))
     else:
-        print_metrics(result, f"{result['dataset']} [{result['split']}, {result['backend']}]")
+        print_metrics(result, f"{result['dataset']} [{result['split']}]")
 
 
 @app.command()
