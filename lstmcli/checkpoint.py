@@ -273,13 +273,13 @@ def save_state(directory: Path, position: dict, tensors: dict[str, dict[str, tor
     resume.json names the folder and holds each file's checksum; its atomic replacement is the moment
     the new state takes effect. Older folders are deleted only after that.
     """
+    from safetensors.torch import save as save_safetensors
+
     folder = directory / f"{STATE_PREFIX}{position['step']:010d}"
     current = _current_state(directory)
     if folder.name == current:  # saving the same step again: keep the committed folder until the new one is
         folder = folder.with_name(folder.name + "b")
     shutil.rmtree(folder, ignore_errors=True)
-    from safetensors.torch import save as save_safetensors
-
     checksums = {}
     try:
         folder.mkdir()

@@ -27,7 +27,8 @@ from .errors import UserError
 
 OPSET = 17
 TOLERANCE = 1e-4  # largest difference in any probability between the graph and the torch model
-PROBE_SHAPES = ((1, 1), (2, 5), (7, 23), (16, 64))  # (texts, longest length) of the parity batches
+PROBE_SHAPES = ((1, 1), (2, 5), (7, 23), (16, 64))  # (texts, longest length) of the parity batches ...
+LONGEST_PROBE = 2048  # ... and 3 texts as long as the run reads them, up to this (long-text paths show there)
 DIRECTION_SUFFIXES = ("", "_reverse")
 
 
@@ -219,7 +220,7 @@ def parity(run: Run, graph: bytes) -> float:
     model = run.build_model("cpu")
     rng = np.random.default_rng(0)
     worst = 0.0
-    for texts, width in PROBE_SHAPES:
+    for texts, width in (*PROBE_SHAPES, (3, LONGEST_PROBE)):
         width = min(width, run.config.max_length)
         lengths = rng.integers(1, width + 1, texts)
         lengths[0] = width
