@@ -200,8 +200,9 @@ def serve(
     backend: Backend = "auto",
     quantize: Quantize = False,
     threads: Threads = 0,
-    batch_texts: Annotated[int, typer.Option(min=1, help="Most texts gathered from concurrent requests into "
-                                                         "one model call.")] = 64,
+    batch_texts: Annotated[int, typer.Option(min=1, help="Most texts gathered from concurrent requests into one "
+                                                         "model call. Small batches let the model compute while "
+                                                         "the HTTP work of the next ones goes on.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long the first request of a batch waits for "
                                                              "others (ms).")] = 5.0,
     max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request (more: 413).")] = 256,
