@@ -6,8 +6,11 @@ Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokeni
 encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
 predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
 threads, precision, packing, compile, save (seconds per resumable state), explain (top-2 vs random
-deletion on the SST-2 recipe's model), processes (1 vs 2 under
-torchrun), profile. Every comparison runs in this one process and run, repeated, and reported as a median
+deletion on the SST-2 recipe's model), processes (1 vs 2 under torchrun), profile, pretrain (the language
+model's output layer and step); and for deployment, on a 2-layer BiLSTM trained on IMDB and exported: cold
+(one-text predict on ONNX vs torch vs `import torch`), backends (batch throughput and accuracy: torch
+fp32/bf16, ONNX fp32/int8), serve (32 concurrent clients against `lstmcli serve`). Every comparison runs in
+this one process and run, repeated, and reported as a median
 and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
 records a full run with its analysis.
 """
@@ -16,16 +19,20 @@ from __future__ import annotations
 
 import argparse
 import functools
+import http.client
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +51,7 @@ from lstmcli.checkpoint import load_run  # noqa: E402
 from lstmcli.config import Config, read_recipe  # noqa: E402
 from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
 from lstmcli.explain import deletion_drops, explain  # noqa: E402
+from lstmcli.export import export_run  # noqa: E402
 from lstmcli.lm import LanguageModel  # noqa: E402
 from lstmcli.loop import save_state  # noqa: E402
 from lstmcli.model import LSTMClassifier  # noqa: E402
@@ -430,8 +438,139 @@ class Bench:
         self.details["profile"] = table
         print(table)
 
+    # -- deployment: ONNX export, torch-free start, serving ----------------------------------------------
+    @functools.cached_property
+    def deploy_run(self) -> Path:
+        """A realistic model for the deployment sections: a 2-layer BiLSTM-128 trained briefly on IMDB train
+        (validating on a held-out share of it, so that IMDB test stays unseen), then `lstmcli export --quantize`."""
+        steps = 60 if self.quick else 300
+        print(f"  (training a 2-layer BiLSTM-128 on IMDB train for {steps} steps, then lstmcli export --quantize)")
+        _, _, run = self.train_run("deploy", dataset=str(SHARED / "imdb"), layers=2, bidirectional=True, epochs=1,
+                                   max_steps=steps, eval_split="holdout", max_length=256)
+        summary = export_run(run, quantize=True, threads=self.num_threads)
+        self.details["export"] = summary
+        return run
+
+    @functools.cached_property
+    def imdb_test(self) -> tuple[list[str], list[str]]:
+        rows = [json.loads(line) for line in (SHARED / "imdb" / "test.jsonl").open()]
+        rows = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))[:2000 if self.quick else 25000]]
+        return [r["text"] for r in rows], [str(r["label"]) for r in rows]
+
+    def cold(self):
+        print("cold start: one-text `lstmcli predict` on the ONNX export vs on torch, and a bare `import torch`")
+        command = [sys.executable, "-m", "lstmcli", "predict", "--model-dir", str(self.deploy_run),
+                   "a quiet, wonderful film"]
+        times = {"onnx": [], "torch": [], "import torch": []}
+        for _ in range(3 if self.quick else 7):  # interleaved, so all three see the same machine
+            for backend in ("onnx", "torch"):
+                times[backend].append(timed([*command, "--backend", backend]))
+            times["import torch"].append(timed([sys.executable, "-c", "import torch"]))
+        median = {name: statistics.median(values) for name, values in times.items()}
+        self.details["cold"] = times
+        ratio = median["onnx"] / median["torch"]
+        self.row("cold", "`lstmcli predict --backend onnx TEXT` (s), vs the torch path", median["onnx"],
+                 median["torch"], "s", "<= 0.35x the torch path", ratio <= 0.35)
+        self.row("cold", "`lstmcli predict --backend torch TEXT` (s), vs `import torch`", median["torch"],
+                 median["import torch"], "s")
+
+    def backends(self):
+        print("batch prediction, IMDB test, 2-layer BiLSTM: torch fp32 and bf16, ONNX Runtime fp32 and int8 "
+              "(Predictor.predict: tokenizing included)")
+        texts, labels = self.imdb_test
+        modes = {"torch fp32": dict(backend="torch", precision="fp32"), "onnx fp32": dict(backend="onnx"),
+                 "onnx int8": dict(backend="onnx", quantize=True)}
+        if cpu_has_bf16():
+            modes["torch bf16"] = dict(backend="torch", precision="bf16")
+        predictors = {name: Predictor.load(self.deploy_run, device="cpu", threads=self.num_threads, **options)
+                      for name, options in modes.items()}
+        rates, accuracy = {name: [] for name in modes}, {}
+        for _ in range(1 if self.quick else 2):  # interleaved rounds
+            for name, predictor in predictors.items():
+                started = time.perf_counter()
+                predictions = predictor.predict(texts)
+                rates[name].append(len(texts) / (time.perf_counter() - started))
+                accuracy[name] = sum(p.label == y for p, y in zip(predictions, labels)) / len(labels)
+        self.offline_rates = {name: statistics.median(values) for name, values in rates.items()}
+        self.details["backends"] = dict(rates=rates, accuracy=accuracy, texts=len(texts))
+        reference = self.offline_rates["torch fp32"]
+        for name in modes:
+            self.row("backends", f"IMDB test, {name}: texts/s (accuracy {accuracy[name]:.4f})",
+                     self.offline_rates[name], None if name == "torch fp32" else reference, "texts/s")
+        best = self.offline_rates["onnx int8"] / reference
+        lost = accuracy["torch fp32"] - accuracy["onnx int8"]
+        self.row("backends", "onnx int8 vs torch fp32, speed", best, None, "x", ">= 1.8x", best >= 1.8)
+        self.row("backends", "onnx int8 vs torch fp32, accuracy change (points)", -100 * lost, None, "pt",
+                 "<= 0.5 lost", lost <= 0.005)
+        held_out = self.details["export"]["validation_accuracy"]
+        self.row("backends", f"export --quantize: int8 vs fp32 on the held-out validation share ({held_out['fp32']:.4f}"
+                 f" -> {held_out['int8']:.4f}, points)", held_out["change_points"], None, "pt")
+
+    def serve(self):
+        clients, count = 32, 600 if self.quick else 4000
+        print(f"serving: `lstmcli serve --quantize` (onnx int8), {clients} concurrent keep-alive clients on loopback, "
+              f"one IMDB test text per request, {count:,} requests")
+        texts = self.imdb_test[0][:count]
+        if not hasattr(self, "offline_rates"):
+            self.backends()
+        process = subprocess.Popen([sys.executable, "-m", "lstmcli", "serve", "--model-dir", str(self.deploy_run),
+                                    "--port", "0", "--quantize", "--threads", str(self.num_threads)],
+                                   cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            port = int(process.stdout.readline().split("http://127.0.0.1:")[1].split()[0])
+            seconds, latencies, errors = load_test(port, texts, clients)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as response:
+                batching = json.loads(response.read())["batching"]
+        finally:
+            process.send_signal(signal.SIGTERM)
+            exit_code = process.wait(timeout=60)
+        rate = len(texts) / seconds
+        offline = self.offline_rates["onnx int8"]
+        p50, p99 = (1000 * float(np.percentile(latencies, q)) for q in (50, 99))
+        self.details["serve"] = dict(clients=clients, requests=len(texts), seconds=seconds, p50_ms=p50, p99_ms=p99,
+                                     errors=errors, exit_code=exit_code, requests_and_model_calls=batching)
+        self.row("serve", f"requests/s, {clients} clients x 1 text, vs offline onnx int8 texts/s", rate, offline,
+                 "req/s", ">= 0.6 of offline", rate >= 0.6 * offline)
+        self.row("serve", "latency p50 (ms)", p50, None, "ms")
+        self.row("serve", "latency p99 (ms)", p99, None, "ms", "<= 150 ms", p99 <= 150)
+        self.row("serve", f"errors (exit code after SIGTERM: {exit_code})", errors, None, "", "0", errors == 0)
+
 
 # -- helpers ------------------------------------------------------------------------------------------------
+def load_test(port: int, texts: list[str], clients: int) -> tuple[float, list[float], int]:
+    """Each client thread keeps one connection and sends one text at a time until `texts` are used up;
+    returns the wall time, every request's latency, and the count of failed or wrong answers."""
+    position, lock, latencies, errors = iter(range(len(texts))), threading.Lock(), [], []
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while True:
+            with lock:
+                index = next(position, None)
+            if index is None:
+                break
+            body = json.dumps({"texts": [texts[index]]})
+            started = time.perf_counter()
+            try:
+                connection.request("POST", "/predict", body, {"content-type": "application/json"})
+                response = connection.getresponse()
+                ok = response.status == 200 and len(json.loads(response.read())["predictions"]) == 1
+            except (OSError, http.client.HTTPException, ValueError):
+                ok = False
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                errors.append(index)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, latencies, len(errors)
 
 def lstmcli_batches(out: Path, subset: Path, shape: dict, steps: int):
     """The first `steps` batches lstmcli trained on in run `out`, rebuilt in memory from its tokenizer."""
@@ -584,7 +723,7 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
-            "compile", "save", "explain", "processes", "profile", "pretrain"]
+            "compile", "save", "explain", "processes", "profile", "pretrain", "cold", "backends", "serve"]
 
 
 def main() -> None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # inference without torch uses the plans and prefetch of this module
+    import torch
 
 EVAL_TOKENS_PER_TEXT = 256  # the positions an evaluation batch may hold, per text of --batch-size
 

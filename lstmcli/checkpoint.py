@@ -31,11 +31,9 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from . import __version__
 from .config import Config, from_mapping
@@ -43,9 +41,13 @@ from .data import Labels
 from .errors import UserError
 from .tokenizer import tokenizer_from_json
 
+if TYPE_CHECKING:  # torch is imported where tensors are handled: reading a run for ONNX inference needs none
+    import torch
+
 CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
     "config.json", "model.safetensors", "tokenizer.json", "metrics.json", "log.jsonl", "resume.json")
 REPORT = "report.html"  # written by lstmcli report, stale once the run is replaced
+EXPORTS = ("model.onnx", "model.int8.onnx")  # written by lstmcli export from the weights
 CACHE = "cache"
 LOCK = ".lock"
 FORMAT = "lstmcli-run"
@@ -183,7 +185,7 @@ def restartable(directory: Path) -> tuple[bool, bool]:
 
 def remove_run_files(directory: Path) -> None:
     """Delete what a run writes, and nothing else the user keeps in the directory."""
-    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME, REPORT):
+    for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME, REPORT, *EXPORTS):
         (directory / name).unlink(missing_ok=True)
     for path in directory.iterdir():
         if path.name.startswith(STATE_PREFIX) or path.name == CACHE or path.name.startswith(".") and ".tmp-" in path.name:
@@ -195,6 +197,7 @@ def run_record(config: Config, labels: Labels | None, vocab_size: int, data: dic
     classifier (`train`) or a language model (`pretrain`, no labels)."""
     import datasets
     import tokenizers
+    import torch
 
     return dict(format=FORMAT, format_version=FORMAT_VERSION, lstmcli_version=__version__,
                 versions=dict(torch=torch.__version__, datasets=datasets.__version__,
@@ -210,6 +213,8 @@ def save_weights(directory: Path, record: dict, state_dict: dict[str, torch.Tens
     config.json first lists both the old and the new checksum, then the weights are replaced, then the
     old checksum is dropped: whichever step a crash interrupts, the weights on disk match a listed one.
     """
+    from safetensors.torch import save as save_safetensors
+
     data = save_safetensors({k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
                             metadata={"format": FORMAT})
     new = sha256(data)
@@ -237,6 +242,8 @@ def read_json(path: Path, what: str) -> dict:
 
 def read_tensors(path: Path, expected_sha256: list[str] | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, after checking its checksum; never a pickle."""
+    from safetensors.torch import load as load_safetensors
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -335,6 +342,8 @@ def save_state(directory: Path, position: dict, tensors: dict[str, dict[str, tor
     resume.json names the folder and holds each file's checksum; its atomic replacement is the moment
     the new state takes effect. Older folders are deleted only after that.
     """
+    from safetensors.torch import save as save_safetensors
+
     folder = directory / f"{STATE_PREFIX}{position['step']:010d}"
     current = _current_state(directory)
     if folder.name == current:  # saving the same step again: keep the committed folder until the new one is

@@ -29,8 +29,12 @@ Device = Annotated[str, typer.Option(help="Where to run: auto (CUDA when present
 Threads = Annotated[int, typer.Option(help="CPU threads (0: the idle cores this process may use).")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Texts per batch.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables / text lines.")]
-Quantize = Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights for the LSTM and classifier "
-                                                           "(CPU; see BENCHMARKS.md for its speed here).")]
+Quantize = Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights for the LSTM and classifier: "
+                                                           "model.int8.onnx on the onnx backend, torch's dynamic "
+                                                           "quantization on torch (CPU; see BENCHMARKS.md).")]
+Backend = Annotated[Literal["auto", "torch", "onnx"], typer.Option(
+    help="Where the model runs: onnx (the run's lstmcli export, in ONNX Runtime, without importing torch), "
+         "torch, or auto (onnx when the run has a current export, else torch).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
 GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", training="Training", runtime="Runtime")
 
@@ -142,6 +146,7 @@ def evaluate(
     device: Device = "auto",
     threads: Threads = 0,
     quantize: Quantize = False,
+    backend: Backend = "auto",
     as_json: Json = False,
     debug: Debug = False,
 ):
@@ -151,7 +156,7 @@ def evaluate(
 
     result = evaluate_run(model_dir, dataset=dataset, dataset_config=dataset_config, split=split,
                           text_column=text_column, label_column=label_column, batch_size=batch_size,
-                          device=device, threads=threads, quantize=quantize)
+                          device=device, threads=threads, quantize=quantize, backend=backend)
     if as_json:
         print(json.dumps(result))
     else:
@@ -170,6 +175,7 @@ def predict(
     device: Device = "auto",
     threads: Threads = 0,
     quantize: Quantize = False,
+    backend: Backend = "auto",
     as_json: Json = False,
     explain: Annotated[bool, typer.Option("--explain", help=(
         "Show which tokens carried each label, by leave-one-out occlusion: a token's score is the drop in "
@@ -183,8 +189,8 @@ def predict(
 
     chunks = input_chunks(texts or [], file, text_column)
     first = next(chunks, None)  # read input before loading the model, so bad input fails fast
-    predictor = Predictor.load(model_dir, device=device, threads=threads, batch_size=batch_size, quantize=quantize,
-                               precision="fp32" if explain else None)
+    predictor = Predictor.load(model_dir, backend=backend, device=device, threads=threads, batch_size=batch_size,
+                               quantize=quantize, precision="fp32" if explain else None)
     if explain:
         from .explain import explain_stream, print_explanations
 
@@ -229,6 +235,64 @@ def report(
     path = write_report(model_dir, output=output, png_dir=png, dataset=dataset, split=split, batch_size=batch_size,
                         device=device, threads=threads)
     print(path)
+
+
+@app.command()
+def export(
+    model_dir: ModelDir = Path("runs/latest"),
+    quantize: Annotated[bool, typer.Option(
+        "--quantize", help="Also write model.int8.onnx (dynamic int8 LSTM and classifier weights: DynamicQuantizeLSTM), "
+                           "and report its accuracy change on the run's validation data.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace model.onnx files that are not this run's "
+                                                                "recorded exports.")] = False,
+    threads: Threads = 0,
+    debug: Debug = False,
+):
+    """Write the run's model as ONNX (model.onnx in the run directory), checked against torch, for
+    torch-free predict, eval and serve."""
+    from .export import export_run
+
+    summary = export_run(model_dir, quantize=quantize, overwrite=overwrite, threads=threads)
+    for name, size in summary["files"].items():
+        print(f"wrote {model_dir / name} ({size / 1e6:.1f} MB)")
+    print(f"parity with torch: largest probability difference {summary['max_probability_difference']:.1e}")
+    accuracy = summary.get("validation_accuracy")
+    if accuracy and "error" in accuracy:
+        print(f"int8 accuracy {accuracy['error']}")
+    elif accuracy:
+        print(f"int8 on {accuracy['split']} ({accuracy['examples']:,} texts): accuracy {accuracy['int8']:.4f}, fp32 "
+              f"{accuracy['fp32']:.4f} ({accuracy['change_points']:+.2f} points)")
+
+
+@app.command()
+def serve(
+    model_dir: ModelDir = Path("runs/latest"),
+    host: Annotated[str, typer.Option(help="Address to listen on. The default answers this machine only; "
+                                           "put a reverse proxy in front to publish it (README).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535,
+                                      help="Port (0: any free port; the start line names it).")] = 8000,
+    backend: Backend = "auto",
+    quantize: Quantize = False,
+    threads: Threads = 0,
+    batch_texts: Annotated[int, typer.Option(min=1, help="Most texts gathered from concurrent requests into one "
+                                                         "model call. Small batches let the model compute while "
+                                                         "the HTTP work of the next ones goes on.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long the first request of a batch waits for "
+                                                             "others (ms).")] = 5.0,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request (more: 413).")] = 256,
+    max_bytes: Annotated[int, typer.Option(min=1, help="Largest request body in bytes (larger: 413).")] = 1_000_000,
+    max_characters: Annotated[int, typer.Option(min=1, help="Longest text in characters (longer: 413).")] = 100_000,
+    root_path: Annotated[str, typer.Option(help="URL prefix a reverse proxy serves this under (e.g. /sentiment), "
+                                                "for links and /docs.")] = "",
+    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request (costs throughput).")] = False,
+    debug: Debug = False,
+):
+    """Serve the run over HTTP: POST /predict {"texts": [...]}, GET /health, docs at /docs."""
+    from .serve import Limits, serve as run_server
+
+    run_server(model_dir, host=host, port=port, backend=backend, quantize=quantize, threads=threads,
+               limits=Limits(max_texts, max_bytes, max_characters), batch_size=batch_texts, wait_ms=batch_wait_ms,
+               root_path=root_path, access_log=access_log, announce=lambda line: print(line, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:

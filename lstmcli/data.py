@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import statistics
+import sys
 import tempfile
 import warnings
 import zlib
@@ -96,7 +97,7 @@ def open_source(dataset: str, dataset_config: str | None = None) -> Source:
 def _quiet_library_logs() -> None:
     """lstmcli explains a broken file in one line (read_errors); the datasets library's own log line about
     it ("Failed to load JSON from file ...") would be a second one."""
-    import datasets
+    datasets = _datasets()
 
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
@@ -164,8 +165,19 @@ def _suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
+def _datasets():
+    """The datasets library; in a process without torch (ONNX inference) told to leave torch alone: its
+    streams import torch only to share an epoch counter with DataLoader workers, which lstmcli never uses,
+    and importing torch would cost more than a whole ONNX prediction."""
     import datasets
+
+    if "torch" not in sys.modules:
+        datasets.config.TORCH_AVAILABLE = False
+    return datasets
+
+
+def _open_files(name: str, split_files: dict[str, list[Path]]) -> Source:
+    datasets = _datasets()
 
     splits, files = {}, {}
     for split, paths in split_files.items():
@@ -228,7 +240,7 @@ def _card_metadata(folder: Path) -> dict:
 def _open_snapshot(name: str, folder: Path, config: str | None, card: dict) -> Source:
     """A folder with a dataset card (what the Hub's snapshot download leaves): its configs, files and features,
     exactly as datasets.load_dataset(folder, name=config, streaming=True) reads them."""
-    import datasets
+    datasets = _datasets()
 
     configs = [c.get("config_name", "default") for c in card.get("configs") or []]
     defaults = [c.get("config_name", "default") for c in card.get("configs") or [] if c.get("default")]
@@ -253,7 +265,7 @@ def _open_snapshot(name: str, folder: Path, config: str | None, card: dict) -> S
 
 def _open_saved(name: str, folder: Path, config: str | None) -> Source:
     """A folder written by Dataset(Dict).save_to_disk: memory-mapped arrow files, read as streams."""
-    import datasets
+    datasets = _datasets()
 
     _no_configs(folder, config, "was written by save_to_disk")
     with read_errors(str(folder)):
@@ -266,7 +278,7 @@ def _open_saved(name: str, folder: Path, config: str | None) -> Source:
 
 
 def _open_hub(name: str, config: str | None) -> Source:
-    import datasets
+    datasets = _datasets()
 
     try:
         splits = datasets.load_dataset(name, config, streaming=True)

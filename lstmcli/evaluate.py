@@ -2,60 +2,69 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
-from .batching import eval_plan, prefetch, to_device
+from .batching import eval_plan, prefetch
 from .errors import UserError
-from .runtime import Runtime
 from .terminal import Reporter
 from .tokenizer import Encoded, encode
 
+if TYPE_CHECKING:  # only training's confusion() takes a torch model; eval on ONNX never imports torch
+    import torch
 
-@torch.inference_mode()
-def logits_of(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, ...]], runtime: Runtime
-              ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-    """(float32 logits on CPU, the batch's other tensors) for each (ids, lengths, *rest) batch."""
+    from .runtime import Runtime
+
+Logits = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (ids, lengths) -> logits: a backends.Scorer's
+
+
+def confusion(model: torch.nn.Module, encoded: Encoded, class_ids: np.ndarray, num_classes: int, batch_size: int,
+              runtime: Runtime) -> tuple[np.ndarray, float]:
+    """Confusion matrix (rows: true class, columns: predicted) and the summed loss of a torch model being
+    trained, over one tokenized split."""
+    from .backends import torch_scorer
+
     was_training = model.training
     model.eval()
     try:
-        for ids, lengths, *rest in batches:
-            ids, lengths = to_device((ids, lengths), runtime.device)
-            with runtime.autocast():
-                logits = model(ids, lengths)
-            yield logits.float().cpu(), tuple(rest)
+        return count_confusion(torch_scorer(model, runtime), encoded, class_ids, num_classes, batch_size)
     finally:
         model.train(was_training)
 
 
-def confusion(model, encoded: Encoded, class_ids: np.ndarray, num_classes: int, batch_size: int,
-              runtime: Runtime) -> tuple[np.ndarray, float]:
-    """Confusion matrix (rows: true class, columns: predicted) and the summed loss over one split."""
+def count_confusion(logits_of: Logits, encoded: Encoded, class_ids: np.ndarray, num_classes: int,
+                    batch_size: int) -> tuple[np.ndarray, float]:
+    """Confusion matrix and summed cross-entropy over one tokenized split, with any backend."""
     def make_batch(rows):
-        ids, lengths = encoded.batch(rows)
-        return ids, lengths, torch.from_numpy(class_ids[rows].astype(np.int64))  # int64: the sums below
+        return (*encoded.padded(rows), class_ids[rows].astype(np.int64))  # int64: the sums below
 
-    matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    matrix = np.zeros(num_classes * num_classes, dtype=np.int64)
     loss = 0.0
-    batches = prefetch(make_batch, eval_plan(encoded.lengths, batch_size))
-    for logits, (targets,) in logits_of(model, batches, runtime):
-        loss += F.cross_entropy(logits, targets, reduction="sum").item()
-        matrix += torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
-    return matrix.view(num_classes, num_classes).numpy(), loss
+    for ids, lengths, targets in prefetch(make_batch, eval_plan(encoded.lengths, batch_size)):
+        logits = logits_of(ids, lengths)
+        loss += cross_entropy_sum(logits, targets)
+        matrix += np.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+    return matrix.reshape(num_classes, num_classes), loss
 
 
-def confusion_of_chunks(model, tokenizer, chunks: Iterable[tuple[list[str], list[int]]], num_classes: int,
-                        max_length: int, truncation: str, batch_size: int, runtime: Runtime
+def cross_entropy_sum(logits: np.ndarray, targets: np.ndarray) -> float:
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=1)
+    log_total = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
+    return float((log_total - logits[np.arange(len(targets)), targets]).sum())
+
+
+def confusion_of_chunks(logits_of: Logits, tokenizer, chunks: Iterable[tuple[list[str], list[int]]],
+                        num_classes: int, max_length: int, truncation: str, batch_size: int
                         ) -> tuple[np.ndarray, float]:
-    """The same as `confusion`, over (texts, class ids) chunks streamed from any dataset."""
+    """The same as `count_confusion`, over (texts, class ids) chunks streamed from any dataset."""
     matrix, loss = np.zeros((num_classes, num_classes), dtype=np.int64), 0.0
     for texts, class_ids in chunks:
-        part, part_loss = confusion(model, encode(tokenizer, texts, max_length, truncation),
-                                    np.asarray(class_ids), num_classes, batch_size, runtime)
+        part, part_loss = count_confusion(logits_of, encode(tokenizer, texts, max_length, truncation),
+                                          np.asarray(class_ids, dtype=np.int64), num_classes, batch_size)
         matrix += part
         loss += part_loss
     return matrix, loss
@@ -89,22 +98,24 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
 
 def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,
                  split: str | None = None, text_column: str | None = None, label_column: str | None = None,
-                 batch_size: int = 256, device: str = "auto", threads: int = 0, quantize: bool = False) -> dict:
-    """Metrics of a trained run on a split: by default the run's test split (else its validation data);
-    any other dataset works if its labels are among the run's. A single data file is evaluated whole."""
+                 batch_size: int = 256, device: str = "auto", threads: int = 0, quantize: bool = False,
+                 backend: str = "auto", validation: bool = False) -> dict:
+    """Metrics of a trained run on a split: by default the run's test split (else its validation data;
+    `validation`: always the latter); any other dataset works if its labels are among the run's. A single
+    data file is evaluated whole. `backend`: see backends.load_scorer."""
+    from .backends import load_scorer
     from .checkpoint import load_run
-    from .predict import ready_model  # predict builds on this module
 
     run = load_run(model_dir)
     rows = evaluation_rows(run, dataset=dataset, dataset_config=dataset_config, split=split,
-                           text_column=text_column, label_column=label_column)
-    model, runtime = ready_model(run, device=device, threads=threads, quantize=quantize)
-    matrix, loss = confusion_of_chunks(model, run.tokenizer, rows.chunks, len(run.labels.names),
-                                       run.config.max_length, run.config.truncation, batch_size, runtime)
+                           text_column=text_column, label_column=label_column, validation=validation)
+    scorer = load_scorer(run, backend, device=device, threads=threads, quantize=quantize)
+    matrix, loss = confusion_of_chunks(scorer.logits, run.tokenizer, rows.chunks, len(run.labels.names),
+                                       run.config.max_length, run.config.truncation, batch_size)
     if matrix.sum() == 0:
         raise UserError(f"{rows.what} has no usable rows: check the data and --text-column / --label-column.")
     result = metrics(matrix, run.labels.names, loss)
-    result.update(dataset=rows.dataset, split=rows.split)
+    result.update(dataset=rows.dataset, split=rows.split, backend=scorer.description)
     return result
 
 
@@ -119,9 +130,9 @@ class EvaluationRows:
 
 def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | None = None,
                     split: str | None = None, text_column: str | None = None,
-                    label_column: str | None = None) -> EvaluationRows:
+                    label_column: str | None = None, validation: bool = False) -> EvaluationRows:
     """The split `evaluate_run` scores, streamed as (texts, class ids) chunks: the run's test split, else
-    its validation data, unless another dataset or split is named."""
+    (or with `validation`) its validation data, unless another dataset or split is named."""
     from .data import column_names, open_source, pick_columns, read_rows
 
     settings, recorded = run.config, run.record["data"]
@@ -134,7 +145,7 @@ def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | No
             split = next(iter(source.splits))
         elif own_data:
             recorded_splits = recorded["splits"]
-            split = recorded_splits["test"] or recorded_splits["validation"]
+            split = (None if validation else recorded_splits["test"]) or recorded_splits["validation"]
             if split not in source.splits:  # the run validated on a hashed share of its train split
                 split, holdout = recorded_splits["train"], (settings.val_fraction, True)
         else:

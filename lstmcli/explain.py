@@ -13,10 +13,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from .evaluate import logits_of
-from .predict import Prediction, Predictor
+from .predict import Prediction, Predictor, softmax
 from .tokenizer import PAD_ID, truncate, unknown_id
 
 TOKENS_PER_PASS = 1 << 17  # rows x length of one forward pass; a 256-token text's 257 rows fit in one
@@ -65,15 +63,15 @@ def explain_stream(predictor: Predictor, chunks: Iterable[list[str]]) -> Iterato
 
 
 def _probabilities(predictor: Predictor, rows: list[list[int]]) -> np.ndarray:
-    """Class probabilities of token-id rows, in as few forward passes as TOKENS_PER_PASS allows."""
-    lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.int64)
+    """Class probabilities of token-id rows, in as few forward passes as TOKENS_PER_PASS allows, on the
+    predictor's backend (torch or ONNX)."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    ids = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
+        ids[i, :len(row)] = row
     step = max(1, TOKENS_PER_PASS // ids.shape[1])
-    batches = ((ids[i:i + step], lengths[i:i + step]) for i in range(0, len(rows), step))
-    return torch.cat([torch.softmax(logits, dim=1) for logits, _ in
-                      logits_of(predictor.model, batches, predictor.runtime)]).numpy()
+    return np.concatenate([softmax(predictor.scorer.logits(ids[i:i + step], lengths[i:i + step]))
+                           for i in range(0, len(rows), step)])
 
 
 # -- terminal view -------------------------------------------------------------------------------------

@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from .backends import Scorer, load_scorer
 from .batching import eval_plan
 from .checkpoint import Run, load_run
 from .data import FORMATS, _suffix, open_source, pick_columns, read_errors, read_rows
 from .errors import UserError
-from .evaluate import logits_of
-from .runtime import Runtime, setup
 from .tokenizer import encode
 
 CHUNK = 2048  # texts read, encoded and sorted by length together
@@ -30,31 +28,40 @@ class Prediction:
 
 
 class Predictor:
-    """A run's model and tokenizer, ready to label texts in length-sorted batches."""
+    """A run's tokenizer and model (torch or ONNX), ready to label texts in length-sorted batches.
 
-    def __init__(self, run: Run, *, device: str = "auto", threads: int = 0, batch_size: int = 256,
-                 quantize: bool = False, precision: str | None = None):
-        self.run = run
-        self.batch_size = batch_size
-        self.model, self.runtime = ready_model(run, device=device, threads=threads, quantize=quantize,
-                                               precision=precision)
+        from lstmcli import Predictor
+        predictor = Predictor.load("runs/imdb")            # backend="auto": ONNX when exported
+        predictor.predict(["a wonderful film"])[0].label   # 'positive'
+    """
+
+    def __init__(self, run: Run, scorer: Scorer, batch_size: int = 256):
+        self.run, self.scorer, self.batch_size = run, scorer, batch_size
+        self.labels = run.labels.names
 
     @classmethod
-    def load(cls, model_dir: str | Path, **options) -> Predictor:
-        return cls(load_run(model_dir), **options)
+    def load(cls, model_dir: str | Path, *, backend: str = "auto", batch_size: int = 256, device: str = "auto",
+             threads: int = 0, quantize: bool = False, precision: str | None = None) -> Predictor:
+        """Open a run directory; `backend` auto|torch|onnx, `quantize` for int8 weights (model.int8.onnx on
+        onnx), `device`/`precision` for torch."""
+        run = load_run(model_dir)
+        scorer = load_scorer(run, backend, device=device, threads=threads, quantize=quantize, precision=precision)
+        return cls(run, scorer, batch_size)
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """(texts, classes) float32 probabilities, in the order of `self.labels`."""
+        probabilities = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        if not texts:
+            return probabilities
+        encoded = encode(self.run.tokenizer, texts, self.run.config.max_length, self.run.config.truncation)
+        for rows in eval_plan(encoded.lengths, self.batch_size):
+            probabilities[rows] = softmax(self.scorer.logits(*encoded.padded(rows)))
+        return probabilities
 
     def predict(self, texts: list[str]) -> list[Prediction]:
-        if not texts:
-            return []
-        encoded = encode(self.run.tokenizer, texts, self.run.config.max_length, self.run.config.truncation)
-        plan = eval_plan(encoded.lengths, self.batch_size)
-        probabilities = np.zeros((len(texts), len(self.run.labels.names)), dtype=np.float32)
-        batches = ((*encoded.batch(rows), torch.from_numpy(rows)) for rows in plan)
-        for logits, (rows,) in logits_of(self.model, batches, self.runtime):
-            probabilities[rows.numpy()] = torch.softmax(logits, dim=1).numpy()
-        names = self.run.labels.names
+        probabilities = self.probabilities(texts)
         best = probabilities.argmax(axis=1)
-        return [Prediction(text, names[b], float(p[b]), {n: float(x) for n, x in zip(names, p)})
+        return [Prediction(text, self.labels[b], float(p[b]), {n: float(x) for n, x in zip(self.labels, p)})
                 for text, b, p in zip(texts, best, probabilities)]
 
     def predict_stream(self, chunks: Iterable[list[str]]) -> Iterator[Prediction]:
@@ -62,19 +69,9 @@ class Predictor:
             yield from self.predict(texts)
 
 
-def ready_model(run: Run, *, device: str, threads: int, quantize: bool = False,
-                precision: str | None = None) -> tuple[torch.nn.Module, Runtime]:
-    """The run's model for inference and the runtime it runs in: in `precision` (default: the run's), or
-    with dynamic int8 weights for the LSTM and the classifier (--quantize, CPU only)."""
-    from .model import quantize as quantize_model
-
-    runtime = setup(device, "fp32" if quantize else precision or run.config.precision, threads)
-    model = run.build_model(runtime.device)
-    if not quantize:
-        return model, runtime
-    if runtime.device.type != "cpu":
-        raise UserError("--quantize runs on CPU only: add --device cpu.")
-    return quantize_model(model), runtime
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def input_chunks(texts: list[str], file: str | None, text_column: str | None) -> Iterator[list[str]]:

@@ -113,13 +113,14 @@ def score(directory: Path, *, dataset: str | None, split: str | None, batch_size
           threads: int) -> Scored:
     """Predict the split `lstmcli eval` would score (by default the run's test split, else its validation
     data) and keep the confusion matrix and the most confident mistakes."""
+    from .backends import load_scorer
     from .checkpoint import load_run
     from .evaluate import evaluation_rows, metrics
     from .predict import Predictor
 
     run = load_run(directory)
     rows = evaluation_rows(run, dataset=dataset, split=split)
-    predictor = Predictor(run, device=device, threads=threads, batch_size=batch_size)
+    predictor = Predictor(run, load_scorer(run, device=device, threads=threads), batch_size)
     names = run.labels.names
     index = {name: i for i, name in enumerate(names)}
     matrix = np.zeros((len(names), len(names)), dtype=np.int64)

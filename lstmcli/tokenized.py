@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import UserError
-from .tokenizer import encode, padded, token_dtype
+from .tokenizer import as_tensors, encode, padded, token_dtype
 
 META = "meta.json"
 BLOCK = 64  # rows per stored start offset
@@ -79,10 +78,14 @@ class StoredTokens:
     def row(self, index: int) -> np.ndarray:
         return self._read([int(self.starts(np.array([index]))[0])], [int(self.lengths[index])])
 
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of `rows` padded to their longest text, and their lengths."""
         lengths = self.lengths[rows].astype(np.int64)
         return padded(self._read(self.starts(rows).tolist(), lengths.tolist()), lengths)
+
+    def batch(self, rows: np.ndarray):
+        """`padded` as torch tensors, for training."""
+        return as_tensors(*self.padded(rows))
 
     def _read(self, starts: list[int], lengths: list[int]) -> np.ndarray:
         size = self.dtype.itemsize

@@ -8,7 +8,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from .config import TOKENIZER_KINDS
@@ -132,19 +131,29 @@ class Encoded:
         np.cumsum(self.lengths, out=offsets[1:])
         return offsets
 
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids of `rows` padded to their longest text, and their lengths: one gather, no loop."""
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of `rows` padded to their longest text, and their lengths (int64): one gather, no loop."""
         lengths = self.lengths[rows].astype(np.int64)
         ends = np.cumsum(lengths)
         index = np.arange(ends[-1]) + np.repeat(self.offsets[rows] - (ends - lengths), lengths)
         return padded(self.ids[index], lengths)
 
+    def batch(self, rows: np.ndarray):
+        """`padded` as torch tensors (sharing the memory), for training."""
+        return as_tensors(*self.padded(rows))
 
-def padded(flat: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+
+def padded(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Texts given as their token ids one after another, as one matrix padded to the longest, and the lengths."""
     inside = np.arange(int(lengths.max()))[None, :] < lengths[:, None]
     ids = np.full(inside.shape, PAD_ID, dtype=np.int64)
     ids[inside] = flat  # row by row, as `flat` runs
+    return ids, lengths
+
+
+def as_tensors(ids: np.ndarray, lengths: np.ndarray):
+    import torch  # here, so that inference without torch can use this module
+
     return torch.from_numpy(ids), torch.from_numpy(lengths)
 
 

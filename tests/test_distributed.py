@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import OFFLINE, ROOT, make_rows, named, run_cli, write_jsonl, write_splits
-from lstmcli import runtime
+from lstmcli import cores, runtime
 from lstmcli.checkpoint import load_run
 from lstmcli.errors import UserError
 from lstmcli.tokenizer import encode
@@ -128,12 +128,12 @@ def test_device_selection_with_and_without_cuda(monkeypatch):
 
 
 def test_threads_are_shared_among_local_processes(monkeypatch):
-    monkeypatch.setattr(runtime, "usable_cores", lambda: 8)
-    monkeypatch.setattr(runtime, "idle_cores", lambda cores, seconds=0.1: 8.0)
+    monkeypatch.setattr(cores, "usable_cores", lambda: 8)
+    monkeypatch.setattr(cores, "idle_cores", lambda cores, seconds=0.1: 8.0)
     assert runtime.choose_threads(0, local_processes=1) == 8
     assert runtime.choose_threads(0, local_processes=2) == 4
     assert runtime.choose_threads(0, local_processes=16) == 1
-    monkeypatch.setattr(runtime, "idle_cores", lambda cores, seconds=0.1: 1.1)  # other work holds 7 cores
+    monkeypatch.setattr(cores, "idle_cores", lambda cores, seconds=0.1: 1.1)  # other work holds 7 cores
     assert runtime.choose_threads(0, local_processes=1) == 1
     assert runtime.choose_threads(3, local_processes=2) == 3
 
