@@ -3,10 +3,10 @@
 Optuna's TPE sampler proposes settings; each trial is an ordinary `train.train` run. Trials evaluate about
 four times per epoch, and the loop's evaluation hook feeds those validation accuracies to a percentile
 pruner, which stops a trial whose best so far lies in the lowest quarter of the finished trials at the same
-step (after its first two epochs). The budget is a deadline that the training loop itself checks at every step. Trial 0 trains the
-defaults (with the flags the user fixed), so the result is never worse than them. Settings are chosen on
-validation data only (a hashed holdout of train when the dataset's only other split is its test split); the
-test split just scores the kept run.
+step (after its first two epochs). The budget is a deadline that the training loop itself checks at every
+step. Trial 0 trains the defaults (with the flags the user fixed), so the result is never worse than them.
+Settings are chosen on validation data only (a hashed holdout of train when the dataset's only other split
+is its test split); the test split just scores the kept run.
 
     <output-dir>/
       study.db      the Optuna study (SQLite); --resume continues it
@@ -89,7 +89,7 @@ def tune(fixed: dict, *, budget: float, output_dir: str | Path, resume: bool = F
     study, fixed = open_study(out, {k: v for k, v in fixed.items() if k not in NOT_TUNABLE}, resume)
     plan = study.user_attrs["plan"]
     study.enqueue_trial(default_params(fixed), skip_if_exists=True)
-    view = TrialsView(Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True), fixed, deadline)
+    view = TrialsView(Console(stderr=True, quiet=quiet, highlight=False, soft_wrap=True), deadline)
     with view:
         view.show(study)
         try:
@@ -320,11 +320,12 @@ def write_outputs(study: optuna.Study, out: Path) -> None:
 def recipe_text(study: optuna.Study, number: int) -> str:
     """The best trial's settings by flag name, with how it scored and how to train it again."""
     trial, fixed, plan = study.trials[number], study.user_attrs["fixed"], study.user_attrs["plan"]
-    defaults = study.trials[0].value if study.trials[0].state == TrialState.COMPLETE else None
+    defaults = defaults_trial(study)
     settings = {**fixed, **{k: tidy(v) for k, v in trial.params.items()}, "eval_every": plan["eval_every"],
                 "patience": plan["patience"]}
+    baseline = f" (trial {defaults.number}, the defaults: {defaults.value:.4f})" if defaults else ""
     lines = [f"# Found by lstmcli tune: trial {number} of {len(study.trials)}, validation accuracy "
-             f"{trial.value:.4f}" + (f" (trial 0, the defaults: {defaults:.4f})." if defaults is not None else "."),
+             f"{trial.value:.4f}{baseline}.",
              "# eval_every and patience are the evaluations the trial made (patience counts evaluations).",
              "# Train it again: lstmcli train --config recipe.toml --output-dir runs/NAME"]
     lines += [f"{name} = {toml_value(value)}" for name, value in settings.items() if value is not None]
@@ -348,13 +349,21 @@ def kept(study: optuna.Study, out: Path) -> str:
 
 def summary(study: optuna.Study, out: Path, budget: float) -> dict:
     best = study.trials[study.user_attrs["best_trial"]]
-    defaults = study.trials[0]
+    defaults = defaults_trial(study)
     metrics = checkpoint.read_json(out / BEST / checkpoint.METRICS, "")
     return dict(best_trial=best.number, validation=best.value, test=(metrics["test"] or {}).get("accuracy"),
-                defaults=dict(validation=defaults.value, test=defaults.user_attrs.get("test_accuracy")),
+                defaults=dict(trial=defaults.number, validation=defaults.value,
+                              test=defaults.user_attrs.get("test_accuracy")) if defaults else None,
                 trials=dict(Counter(state_name(t) for t in study.trials if t.state.is_finished())),
                 budget_seconds=budget,
                 run=str(out / BEST), recipe=str(out / RECIPE))
+
+
+def defaults_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The finished trial of the defaults: trial 0, unless the budget or Ctrl-C cut it and it ran again."""
+    params = default_params(study.user_attrs["fixed"])
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.params == params),
+                None)
 
 
 def state_name(trial: optuna.trial.FrozenTrial) -> str:
@@ -386,8 +395,8 @@ def describe(params: dict) -> str:
 class TrialsView:
     """The trials as a table that updates in place on a terminal; elsewhere one line per finished trial."""
 
-    def __init__(self, console: Console, fixed: dict, deadline: float):
-        self.console, self.fixed, self.deadline = console, fixed, deadline
+    def __init__(self, console: Console, deadline: float):
+        self.console, self.deadline = console, deadline
         self.rows: list[list[str]] = []
         self.caption = ""
         self.running: list[str] | None = None
@@ -423,9 +432,8 @@ class TrialsView:
         pruned = sum(t.state == TrialState.PRUNED for t in finished)
         self.caption = f"{len(finished)} trials, {pruned} pruned or cut"
         if best is not None:
-            gain = ""
-            if study.trials[0].value is not None and study.trials[0].state == TrialState.COMPLETE:
-                gain = f" ({study.trials[best].value - study.trials[0].value:+.4f} over the defaults)"
+            defaults = defaults_trial(study)
+            gain = f" ({study.trials[best].value - defaults.value:+.4f} over the defaults)" if defaults else ""
             self.caption = f"best: trial {best}, validation accuracy {study.trials[best].value:.4f}{gain}; " + \
                 self.caption
         if not self.live:
