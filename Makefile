@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install install-bench train eval predict test bench reproduce clean
+.PHONY: install install-bench train eval predict test bench bench-tune reproduce clean
 
 install: $(INSTALLED)
 
@@ -33,6 +33,9 @@ install-bench: install  ## fastText, the anchor the benchmarks compare against
 
 bench: install-bench  ## speed figures (about 25 minutes; ARGS=--quick: under 3, into bench/results-quick.json); writes bench/results.json
 	$(BIN)/python bench/run.py $(ARGS)
+
+bench-tune: install-bench  ## lstmcli tune vs fastText's autotune, same budgets and splits (about 50 minutes); writes bench/tune-results.json
+	$(BIN)/python bench/tune.py $(ARGS)
 
 reproduce: install-bench  ## train every recipe, evaluate it, compare with fastText; writes RESULTS.md
 	$(BIN)/python bench/reproduce.py $(ARGS)

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from .config import CLASSIFIER_ONLY, Config, option_name, read_recipe
+from .config import CLASSIFIER_ONLY, NOT_TUNABLE, Config, option_name, read_recipe
 from .errors import Interrupted, UserError
 
 app = typer.Typer(help="Train, evaluate and run (Bi)LSTM text classifiers.", no_args_is_help=True,
@@ -293,6 +293,36 @@ def serve(
     run_server(model_dir, host=host, port=port, backend=backend, quantize=quantize, threads=threads,
                limits=Limits(max_texts, max_bytes, max_characters), batch_size=batch_texts, wait_ms=batch_wait_ms,
                root_path=root_path, access_log=access_log, announce=lambda line: print(line, flush=True))
+
+
+@app.command()
+@with_settings(without=NOT_TUNABLE)
+def tune(
+    settings: dict,
+    budget: Annotated[str, typer.Option(
+        help="Wall-clock time for the whole search, e.g. 90s, 5m, 1h; the training loop stops at it.")] = "10m",
+    output_dir: Annotated[Path, typer.Option(
+        help="Directory for the study (study.db), the best run (best/), recipe.toml and trials.csv.")]
+    = Path("runs/tuned"),
+    config: Recipe = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the search in --output-dir with new trials "
+                                                          "(its settings stay as they were).")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+):
+    """Search the settings that suit a dataset within --budget (Optuna: TPE sampler, median pruner; trial 0 trains
+    the defaults). The flags given here stay fixed for every trial. Keeps the best trial's run in
+    OUTPUT_DIR/best and its settings in OUTPUT_DIR/recipe.toml."""
+    import time
+
+    started = time.monotonic()  # the budget counts from here, imports and data checks included
+    from .tune import parse_budget
+    from .tune import tune as run_search
+
+    seconds = parse_budget(budget)
+    recipe = read_recipe(config) if config else {}
+    print(json.dumps(run_search({**recipe, **settings}, budget=seconds, output_dir=output_dir, resume=resume,
+                                quiet=quiet, started=started)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,9 @@ TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
 # pretrain` has no flags for them.
 CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "init_lr_scale", "pooling",
                    "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation")
+# Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
+# model's): tune has no flags for them.
+NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "init_lr_scale", "unlabeled")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,

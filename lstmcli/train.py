@@ -52,14 +52,15 @@ def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
 
 
 def train(config: Config, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          hooks: loop.Hooks | None = None) -> dict:
-    """Train a classifier as `config` says; returns the final metrics (also written to metrics.json)."""
+          hooks: loop.Hooks | None = None, cache_dir: Path | None = None) -> dict:
+    """Train a classifier as `config` says; returns the final metrics (also written to metrics.json).
+    `cache_dir` keeps the tokenized splits in a folder that many runs share (tune) instead of the run's own."""
     with contextlib.ExitStack() as held:  # the run directory's lock, from claim_output_dir to the end
-        return _train(config, held, resume=resume, overwrite=overwrite, quiet=quiet, hooks=hooks)
+        return _train(config, held, resume=resume, overwrite=overwrite, quiet=quiet, hooks=hooks, cache_dir=cache_dir)
 
 
 def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrite: bool, quiet: bool,
-           hooks: loop.Hooks | None) -> dict:
+           hooks: loop.Hooks | None, cache_dir: Path | None) -> dict:
     # 1. runtime and run directory ------------------------------------------------------------------
     if config.unlabeled:
         raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
@@ -71,7 +72,7 @@ def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrit
 
     # 2-4. data, tokenizer, tokenized splits and labels -----------------------------------------------
     saved = checkpoint.read_json(out / checkpoint.CONFIG, "") if resume else None
-    data = prepare_data(source, config, runtime, report, out, saved)
+    data = prepare_data(source, config, runtime, report, out, saved, cache_dir)
     record = write_record(out, data.tokenizer, data.record, saved, config, runtime)
 
     # 5. model, and what it trains on -----------------------------------------------------------------
@@ -101,7 +102,8 @@ def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrit
     # 7. final metrics, with the best weights ------------------------------------------------------------
     final = dict(validation=objective.validate(outcome.kept).best, test=None, best=outcome.position["best"],
                  splits=record["data"]["splits"], train=dict(rows=record["data"]["rows"]["train"],
-                                                             steps=outcome.position["step"], seconds=outcome.seconds))
+                                                             steps=outcome.position["step"], seconds=outcome.seconds,
+                                                             stopped_by_deadline=outcome.stopped_by_deadline))
     if data.test is not None:
         final["test"] = split_metrics(outcome.kept, data.test.encoded, data.test_classes, data.labels, config, runtime)
     if runtime.is_main:
@@ -256,7 +258,7 @@ class PreparedData:
 
 
 def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, report: Reporter, out: Path,
-                 saved: dict | None) -> PreparedData:
+                 saved: dict | None, cache_dir: Path | None = None) -> PreparedData:
     """Get a tokenizer, tokenize each split once into the run's cache, settle the labels."""
     source, splits = opened.source, opened.splits
     text_column, label_column = opened.text_column, opened.label_column
@@ -288,7 +290,7 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
         key = dict(fingerprint=fingerprint, split=split, holdout=holdout_side, val_fraction=config.val_fraction,
                    columns=[text_column, label_column], strict=config.strict)
         return tokenize_split(out, role, key, rows(split, holdout_side, counts), counts, tokenizer, config, runtime,
-                              report)
+                              report, cache_dir=cache_dir)
 
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
@@ -349,13 +351,18 @@ def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Pa
 
 
 def tokenize_split(out: Path, role: str, key: dict, chunks, counts: RowCounts, tokenizer, config: Config,
-                   runtime: Runtime, report: Reporter, max_length: int | None = None) -> tokenized.TokenizedSplit:
+                   runtime: Runtime, report: Reporter, max_length: int | None = None,
+                   cache_dir: Path | None = None) -> tokenized.TokenizedSplit:
     """Stream `chunks` through the tokenizer into the run's cache (reused when `key` matches), with a progress
-    bar and a warning about skipped rows."""
+    bar and a warning about skipped rows. A shared `cache_dir` holds one folder per key, so runs that
+    differ only in --max-length keep each other's splits."""
     max_length = max_length or config.max_length
     key = dict(key, tokenizer=checkpoint.sha256(tokenizer.to_str().encode()), max_length=max_length,
                truncation=config.truncation, rank=runtime.rank, world_size=runtime.world_size)
-    folder = out / checkpoint.CACHE / (role if not runtime.distributed else f"{role}-rank{runtime.rank}")
+    name = role if not runtime.distributed else f"{role}-rank{runtime.rank}"
+    folder = out / checkpoint.CACHE / name
+    if cache_dir is not None:
+        folder = Path(cache_dir) / f"{name}-{checkpoint.sha256(json.dumps(key, sort_keys=True).encode())[:16]}"
     with report.task(f"tokenizing {role}") as advance:
         result = tokenized.build(folder, key, chunks, tokenizer, max_length, config.truncation, on_chunk=advance)
     if counts.skipped:
