@@ -18,11 +18,11 @@ from .errors import UserError
 TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
 # Settings of a classifier's labels, head and fine-tuning that a language model has no use for: `lstmcli
 # pretrain` has no flags for them.
-CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "init_lr_scale", "pooling",
+CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "pooling",
                    "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation")
 # Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
 # model's): tune has no flags for them.
-NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "init_lr_scale", "unlabeled")
+NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,
@@ -101,10 +101,6 @@ class Config:
     init_from: str | None = setting(None, "Start from a language model trained by lstmcli pretrain (its run "
                                     "directory): its tokenizer, embedding and LSTM weights; the model flags "
                                     "follow it.", group="model")
-    init_lr_scale: float = setting(1.0, "With --init-from: the learning rate of the pretrained embedding and LSTM, as "
-                                   "a share of --lr (the new classifier layer gets all of --lr), so that a few "
-                                   "labels adjust what pretraining learned instead of overwriting it.", group="model",
-                                   low=0.0, high=1.0)
     embeddings: str | None = setting(None, "Pretrained word vectors to start from (GloVe, word2vec or fastText "
                                      ".vec text format): tokens they cover get their vector, the others a "
                                      "random one.", group="model")

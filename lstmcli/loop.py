@@ -14,7 +14,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,7 +59,6 @@ class Objective:
     loss: Callable[[torch.nn.Module, tuple], tuple[torch.Tensor, dict]]  # (model, tensors) -> loss, running sums
     progress: Callable[[dict], tuple[float, str]]       # running sums -> (train loss, progress-bar text)
     validate: Callable[[torch.nn.Module], Validation]   # the kept weights -> Validation (on every rank)
-    param_groups: list[dict] = field(default_factory=list)  # AdamW groups; 'lr_scale' multiplies the schedule
     skips_parameters: bool = False  # a step may leave some weights unused (torchrun must then look for them)
     # A loss on the same batch that needs the first loss's gradients (adversarial training): called after its
     # backward pass; both gradients go into one optimizer step.
@@ -90,8 +89,8 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
     `command` is the lstmcli command that continues the run after an interruption."""
     hooks = hooks or Hooks()
     model = objective.model
-    groups = objective.param_groups or [dict(params=[p for p in model.parameters() if p.requires_grad])]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     # With --ema, an exponential moving average of the weights is what gets validated and kept.
     averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
     kept = averaged.module if averaged else model
@@ -176,8 +175,7 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
                     speed.add(batch.tokens if batch.weight else 0)
                     tensors = to_device(batch.tensors, runtime.device)
                     for group in optimizer.param_groups:
-                        group["lr"] = group.get("lr_scale", 1.0) * learning_rate(
-                            position["step"], total_steps, warmup_steps, config)
+                        group["lr"] = learning_rate(position["step"], total_steps, warmup_steps, config)
                     with runtime.autocast():
                         loss, sums = objective.loss(trained, tensors)
                     loss_value = loss.item()

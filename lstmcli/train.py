@@ -207,12 +207,7 @@ def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Conf
     def adversarial_loss(trained, tensors):
         return adversary.loss(trained, *tensors, class_weights)
 
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    pretrained = [p for name, p in trainable if config.init_from and name.startswith(("embedding.", "lstm."))]
-    groups = [dict(params=[p for _, p in trainable if not any(p is q for q in pretrained)])]
-    if pretrained:
-        groups.append(dict(params=pretrained, lr_scale=config.init_lr_scale))
-    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate, param_groups=groups,
+    return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate,
                           second_loss=adversarial_loss if adversary else None)
 
 
