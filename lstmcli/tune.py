@@ -154,14 +154,10 @@ def settle(given: dict) -> tuple[dict, dict]:
     falls back to the test split: without a validation split, a hashed share of train validates."""
     fixed = {k: v for k, v in given.items() if k not in NOT_TUNABLE}
     config = Config(**fixed).validate()
+    if config.eval_split == "test":
+        raise UserError("tune would choose settings on --eval-split test, the split that scores the result: "
+                        "validate on another split, or on --eval-split holdout (a hashed share of train).")
     opened = open_training_source(config)
-    if opened.splits.validation == "test":
-        if config.eval_split is not None:
-            raise UserError("tune would choose settings on --eval-split test, the split that scores the result: "
-                            "validate on another split, or on --eval-split holdout (a hashed share of train).")
-        fixed["eval_split"] = "holdout"
-        config = Config(**fixed)
-        opened = open_training_source(config)
     holdout = (config.val_fraction, False) if opened.splits.validation is None else None
     rows = sum(len(texts) for texts, _ in read_rows(
         opened.source.split(opened.splits.train), opened.source.describe(opened.splits.train), opened.text_column,

@@ -142,8 +142,10 @@ def test_never_validates_on_the_test_split(tmp_path, cli):
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", named(make_rows(200, seed=1)))
     write_jsonl(data / "test.jsonl", named(make_rows(50, seed=2)))
-    fixed, _ = settle({"dataset": str(data)})
-    assert fixed["eval_split"] == "holdout"  # lstmcli train alone would validate on 'test'
+    from lstmcli.train import open_training_source
+
+    settle({"dataset": str(data)})
+    assert open_training_source(Config(dataset=str(data))).splits.validation is None  # a hashed share of train
     code, _, err = cli("tune", "--dataset", data, "--eval-split", "test", "--output-dir", tmp_path / "out")
     assert_one_line_error(code, err, "--eval-split test", "holdout")
     assert not (tmp_path / "out").exists()
