@@ -321,7 +321,8 @@ def recipe_text(study: optuna.Study, number: int) -> str:
     settings = {**fixed, **{k: tidy(v) for k, v in trial.params.items()}, "eval_every": plan["eval_every"],
                 "patience": plan["patience"]}
     baseline = f" (trial {defaults.number}, the defaults: {defaults.value:.4f})" if defaults else ""
-    lines = [f"# Found by lstmcli tune: trial {number} of {len(study.trials)}, validation accuracy "
+    finished = sum(t.state.is_finished() for t in study.trials)
+    lines = [f"# Found by lstmcli tune: trial {number} of {finished}, validation accuracy "
              f"{trial.value:.4f}{baseline}.",
              "# eval_every and patience are the evaluations the trial made (patience counts evaluations).",
              "# Train it again: lstmcli train --config recipe.toml --output-dir runs/NAME"]
