@@ -50,7 +50,7 @@ def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overw
     tokenizer = settle_tokenizer(config, runtime, report, out, saved, "the pretraining text",
                                  lambda: texts_only(sources.rows(config, runtime, held_out=False, shard=False)))
     if saved is not None and saved.get("data", {}).get("fingerprint") != sources.fingerprint:
-        raise UserError(f"the pretraining text changed since this run started: resume with the same data, or "
+        raise UserError("the pretraining text changed since this run started: resume with the same data, or "
                         "start a new run with --overwrite.")
     key = dict(fingerprint=sources.fingerprint, val_fraction=config.val_fraction, columns=sources.columns)
     split = {}

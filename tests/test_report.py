@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import TINY_SETTINGS, assert_one_line_error, make_rows, write_jsonl
+from conftest import TINY_SETTINGS, assert_one_line_error, write_jsonl
 from lstmcli.config import Config
 from lstmcli.evaluate import evaluate_run
 from lstmcli.report import gather, learning_curves, write_report
