@@ -41,6 +41,7 @@ from . import checkpoint, loop
 from .config import NOT_TUNABLE, Config, fields_in_group, option_name
 from .data import read_rows
 from .errors import Interrupted, UserError
+from .runtime import torchrun_env
 from .train import open_training_source, train
 
 STUDY, BEST, RECIPE, TRIALS_CSV, CACHE, TRIALS = "study.db", "best", "recipe.toml", "trials.csv", "cache", "trials"
@@ -85,6 +86,8 @@ def tune(fixed: dict, *, budget: float, output_dir: str | Path, resume: bool = F
     settings in recipe.toml. Returns a summary."""
     deadline = (started or time.monotonic()) + budget
     out = Path(output_dir)
+    if torchrun_env()["world_size"] > 1:
+        raise UserError("lstmcli tune runs its trials one after another in one process: run it without torchrun.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with checkpoint.lock_run_dir(out):  # one search per directory, as one run per run directory
         study, fixed = open_study(out, {k: v for k, v in fixed.items() if k not in NOT_TUNABLE}, resume)

@@ -19,8 +19,10 @@ from lstmcli.config import Config
 from lstmcli.tune import DROPOUT, SPACE, parse_budget, settle, tune
 
 BUDGET = 15
-# Fixed for every trial, to keep trials short: none of these is searched, except --epochs (then not searched).
-FIXED = ["--embed-dim", "16", "--batch-size", "16", "--threads", "1", "--min-frequency", "1", "--epochs", "3"]
+# Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
+# unless fixed, as here.
+FIXED = ["--embed-dim", "16", "--batch-size", "16", "--threads", "1", "--min-frequency", "1", "--epochs", "3",
+         "--hidden-size", "32"]
 
 
 def room_for_a_trial(rows: list[dict]) -> float:
@@ -55,9 +57,9 @@ def test_search_keeps_within_budget_and_trial_0_is_the_defaults(searched):
     assert rows[0]["trial"] == "0" and rows[0]["state"] == "complete"
     defaults = Config()
     for name in SPACE:
-        if name != "epochs":  # fixed by the command line: every trial trains 3 epochs
+        if name not in ("epochs", "hidden_size"):  # fixed by the command line for every trial
             assert rows[0][name] == str(getattr(defaults, name)), name
-    assert all(row["epochs"] == "" for row in rows)
+    assert all(row["epochs"] == row["hidden_size"] == "" for row in rows)
     assert summary["defaults"]["validation"] == pytest.approx(float(rows[0]["validation_accuracy"]), abs=1e-4)
     assert summary["validation"] >= summary["defaults"]["validation"]  # never worse than the defaults
 
@@ -85,7 +87,7 @@ def test_trials_share_one_tokenization_per_split_and_max_length(searched):
 def test_recipe_trains_the_best_run_again(searched, tmp_path, cli):
     out, summary, _ = searched
     recipe = tomllib.loads((out / "recipe.toml").read_text())
-    assert recipe["epochs"] == 3 and recipe["embed_dim"] == 16 and "output_dir" not in recipe
+    assert recipe["epochs"] == 3 and recipe["hidden_size"] == 32 and "output_dir" not in recipe
     code, stdout, stderr = cli("train", "--config", out / "recipe.toml", "--output-dir", tmp_path / "again", "--quiet")
     assert code == 0, stderr
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
@@ -109,7 +111,7 @@ def test_resume_adds_trials_to_the_same_study(searched, tmp_path):
 
 def test_resume_refuses_other_settings(searched, cli):
     out, _, _ = searched
-    code, _, err = cli("tune", "--resume", "--output-dir", out, "--hidden-size", "32", "--budget", "5s")
+    code, _, err = cli("tune", "--resume", "--output-dir", out, "--hidden-size", "64", "--budget", "5s")
     assert_one_line_error(code, err, "--hidden-size", "resume")
 
 
@@ -151,7 +153,7 @@ def test_never_validates_on_the_test_split(tmp_path, cli):
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_budget_and_output_dir_are_one_line_errors(tmp_path, cli):
+def test_bad_budget_output_dir_and_torchrun_are_one_line_errors(tmp_path, cli, monkeypatch):
     assert (parse_budget("90s"), parse_budget("5m"), parse_budget("1h"), parse_budget("1h30m"), parse_budget("45")) \
         == (90, 300, 3600, 5400, 45)
     for bad in ("5x", "0s", "ten minutes", "-5m", ""):
@@ -163,6 +165,9 @@ def test_bad_budget_and_output_dir_are_one_line_errors(tmp_path, cli):
     assert_one_line_error(code, err, "not empty", "--resume")
     code, _, err = cli("tune", "--resume", "--output-dir", tmp_path / "none")
     assert_one_line_error(code, err, "nothing to resume")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = cli("tune", "--output-dir", tmp_path / "new")
+    assert_one_line_error(code, err, "without torchrun")
 
 
 def test_search_space_holds_the_defaults_and_matches_the_readme():
