@@ -1,14 +1,15 @@
 """make reproduce: train every recipe in recipes/, evaluate it with `lstmcli eval`, and write RESULTS.md
 and bench/reproduce.json (one row per row of RESULTS.md).
 
-    python bench/reproduce.py [--only imdb sst2 ...] [--pretrained imdb-1k imdb ...] [--seeds 0 1 2]
+    python bench/reproduce.py [--only imdb sst2 ...] [--pretrained imdb-1k imdb ...] [--self-trained imdb-1k]
+                              [--seeds 0 1 2]
 
 Each recipe is trained from scratch through the command line a user would type, then evaluated on its
 set's test split with `lstmcli eval`; fastText (bigrams, 2 threads) is trained on the same splits in the
 same run, as the anchor. With several --seeds each recipe is trained once per seed and its row gives the
 mean test accuracy (each seed's in reproduce.json). The rows that also learn from unlabelled text pretrain
 one language model (recipes/imdb-lm.toml; a finished one is reused) and fine-tune each set from it, fastText
-learning from the same labelled rows. Needs ../shared/datasets beside the checkout.
+learning from the same labelled rows; the self-trained rows run `train --unlabeled` (selftrain.py). Needs ../shared/datasets beside the checkout.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ PRETRAINED = {
     "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB text", "recipes/rotten_tomatoes.toml", [], 0.82, None),
     "sst5": ("sst5", "+ unlabelled IMDB text", "recipes/sst5-pretrained.toml", [], 0.46, None),
 }
+# Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.
+SELF_TRAINED = {
+    "imdb-1k": ("imdb", "1k labels + the other IMDB train texts, self-trained", "recipes/imdb.toml",
+                ["--max-train-samples", "1000", "--epochs", "20", "--unlabeled", "../shared/datasets/imdb"], 0.85, 1000),
+}
+
 
 def lstmcli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lstmcli", *args], cwd=ROOT, env=ENV, text=True, capture_output=True)
@@ -76,17 +83,32 @@ def reproduce_pretrained(name: str, seeds: list[int]) -> dict:
     if pretrained.returncode != 0:
         raise SystemExit(f"{name}: pretraining failed:\n{pretrained.stderr}")
     lm_minutes = json.loads((ROOT / LM_RUN / "metrics.json").read_text())["train"]["seconds"] / 60
-    settings = tomllib.loads((ROOT / recipe).read_text())
-    train_file = SHARED / Path(settings["dataset"]).name / "train.jsonl"
     args = ["--config", recipe, "--init-from", LM_RUN, *flags]
     runs = [train_and_evaluate(f"{name}-pretrained", args, test_set, seed) for seed in seeds]
     for run in runs:
         run["commands"].insert(0, "lstmcli " + " ".join(pretrain_command[:-1]))
-    if labelled:  # fastText learns from the same labelled reviews the seed-0 run chose
-        train_file = labelled_subset(train_file, labelled, settings.get("val_fraction", 0.1), seeds[0])
-    anchor = train_and_test(train_file, SHARED / test_set / "test.jsonl")
-    trained_on = f"{Path(settings['dataset']).name}/train" + (f" ({labelled:,} labels)" if labelled else "")
+    anchor, trained_on = anchor_on_labels(recipe, labelled, test_set, seeds[0])
     return dict(row(test_set, setting, recipe, trained_on, goal, runs, anchor), pretrain_minutes=round(lm_minutes, 1))
+
+
+def reproduce_self_trained(name: str, seeds: list[int]) -> dict:
+    """One self-trained recipe per seed (teacher and students: the train command's whole wall time), and
+    fastText on the same labelled rows."""
+    test_set, setting, recipe, flags, goal, labelled = SELF_TRAINED[name]
+    runs = [train_and_evaluate(f"{name}-self-trained", ["--config", recipe, *flags], test_set, seed) for seed in seeds]
+    anchor, trained_on = anchor_on_labels(recipe, labelled, test_set, seeds[0])
+    return row(test_set, setting, recipe, trained_on, goal, runs, anchor)
+
+
+def anchor_on_labels(recipe: str, labelled: int | None, test_set: str, seed: int) -> tuple[dict, str]:
+    """fastText trained on the labelled rows a run used (with --max-train-samples, those the `seed` run chose),
+    and a description of them."""
+    settings = tomllib.loads((ROOT / recipe).read_text())
+    train_file = SHARED / Path(settings["dataset"]).name / "train.jsonl"
+    if labelled:
+        train_file = labelled_subset(train_file, labelled, settings.get("val_fraction", 0.1), seed)
+    trained_on = f"{Path(settings['dataset']).name}/train" + (f" ({labelled:,} labels)" if labelled else "")
+    return train_and_test(train_file, SHARED / test_set / "test.jsonl"), trained_on
 
 
 def labelled_subset(train_file: Path, size: int, val_fraction: float, seed: int) -> Path:
@@ -185,15 +207,19 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(RECIPES), help="labels-only recipes to run (with neither option: every row)")
     parser.add_argument("--pretrained", nargs="*", choices=list(PRETRAINED),
                         help="rows fine-tuned from the pretrained language model")
+    parser.add_argument("--self-trained", nargs="*", choices=list(SELF_TRAINED),
+                        help="rows self-trained on unlabelled text (train --unlabeled)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each recipe once per seed")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"reproduce: {SHARED} is absent. The recipes train on the shared benchmark datasets "
                          "(sst2, sst2-glue, sst5, imdb, rotten_tomatoes as {train,validation,test}.jsonl); put "
                          "them beside the checkout as ../shared/datasets and run make reproduce again.")
-    everything = args.only is None and args.pretrained is None
+    everything = args.only is None and args.pretrained is None and args.self_trained is None
     rows = merged([reproduce(name, args.seeds) for name in (RECIPES if everything else args.only or [])] +
-                  [reproduce_pretrained(name, args.seeds) for name in (PRETRAINED if everything else args.pretrained or [])])
+                  [reproduce_pretrained(name, args.seeds) for name in (PRETRAINED if everything else args.pretrained or [])] +
+                  [reproduce_self_trained(name, args.seeds)
+                   for name in (SELF_TRAINED if everything else args.self_trained or [])])
     write_results(rows)
     JSON.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"wrote RESULTS.md and {JSON.relative_to(ROOT)}")

@@ -19,10 +19,11 @@ TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
 # Settings of a classifier's labels, head and fine-tuning that a language model has no use for: `lstmcli
 # pretrain` has no flags for them.
 CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "pooling",
-                   "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation")
+                   "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation",
+                   "self_training_rounds")
 # Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
 # model's): tune has no flags for them.
-NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled")
+NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled", "self_training_rounds")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,
@@ -68,9 +69,11 @@ class Config:
     max_train_samples: int = setting(0, "Train on a seeded, class-balanced subset of this many rows of the train "
                                      "split (0: all of it), e.g. to study how many labels a task needs.",
                                      group="data", low=0)
-    unlabeled: tuple[str, ...] = setting((), "Unlabelled text to learn from besides the train split's texts: a "
-                                         "file or folder in any format --dataset takes (repeat the flag for "
-                                         "several). Read by lstmcli pretrain.", group="data")
+    unlabeled: tuple[str, ...] = setting((), "Unlabelled text to learn from: a file, folder or Hub name in any "
+                                         "format --dataset takes (repeat the flag for several). pretrain adds it "
+                                         "to the train split's texts; train self-trains on it (the --dataset "
+                                         "itself: its train rows that --max-train-samples leaves out).",
+                                         group="data")
     strict: bool = setting(False, "Fail on rows with a missing text or label instead of skipping them "
                            "with a count.", group="data", flag="--strict/--skip-bad-rows")
 
@@ -140,6 +143,10 @@ class Config:
                                choices=("none", "at"))
     adversarial_epsilon: float = setting(1.0, "Size (L2 norm per text) of the --adversarial at push.",
                                          group="training", low=0.0, high=1000.0)
+    self_training_rounds: int = setting(2, "With --unlabeled: how many students train, each from scratch on the "
+                                        "labels and the previous model's most confident pseudo-labels of the "
+                                        "unlabelled text (each round costs about one run on that much text).",
+                                        group="training", low=1, high=10)
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))

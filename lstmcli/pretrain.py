@@ -11,10 +11,7 @@ The result is an ordinary run directory whose weights `lstmcli train --init-from
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,12 +19,13 @@ import torch
 from . import checkpoint, distributed, loop
 from .batching import epoch_plan, eval_plan
 from .config import Config
-from .data import TEXT_COLUMNS, RowCounts, Source, column_names, open_source, pick_column, read_rows, texts_only
+from .data import RowCounts, texts_only
 from .errors import UserError
 from .lm import TASK, LanguageModel
 from .model import count_parameters
 from .train import announce, claim_output_dir, describe_model, eval_batch_size, settle_tokenizer, start_run, \
     tokenize_split, write_record
+from .unlabeled import open_text_sources
 
 WHOLE_TEXT = 1_000_000  # tokens read per text: pretraining cuts long texts into windows instead of truncating
 
@@ -92,64 +90,6 @@ def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overw
                    f"(unigram {final['unigram_perplexity']:.1f}); fine-tune it with lstmcli train --init-from {out}")
     distributed.barrier(runtime)
     return final
-
-
-# -- text -------------------------------------------------------------------------------------------------
-
-@dataclass
-class TextSources:
-    """The dataset's train split and every --unlabeled source, each with its text column."""
-    names: list[str]
-    streams: list[tuple[Source, str]]  # (source, split)
-    columns: list[str]
-    unused_test: str | None  # the dataset's test split, which pretraining never reads
-
-    @property
-    def fingerprint(self) -> str:
-        return checkpoint.sha256("\n".join(s.fingerprint for s, _ in self.streams).encode())
-
-    def describe(self, config: Config) -> list[str]:
-        lines = [f"text: {name} [{split}], column {column!r}"
-                 for name, (_, split), column in zip(self.names, self.streams, self.columns)]
-        if self.unused_test:
-            lines.append(f"text: the {self.unused_test!r} split of {config.dataset} is not used, so that its "
-                         "texts stay unseen for testing")
-        return lines
-
-    def rows(self, config: Config, runtime, *, held_out: bool, shard: bool = True, counts: RowCounts | None = None):
-        """Chunks of (texts, None) from every source: the held-out share, or the rest."""
-        counts = counts if counts is not None else RowCounts()
-        return itertools.chain.from_iterable(
-            read_rows(distributed.shard(source.split(split), runtime) if shard else source.split(split),
-                      source.describe(split), column, None, strict=config.strict, counts=counts,
-                      holdout=(config.val_fraction, held_out))
-            for (source, split), column in zip(self.streams, self.columns))
-
-
-def open_text_sources(config: Config) -> TextSources:
-    """Open the dataset (its train split) and the --unlabeled sources; refuse a source that is the dataset's
-    test split."""
-    dataset = open_source(config.dataset, config.dataset_config)
-    dataset.split(config.train_split)
-    test = "test" if "test" in dataset.splits and config.train_split != "test" else None
-    test_files = {Path(f).resolve() for f in dataset.files.get(test, []) if f} if test else set()
-    names, streams, columns = [config.dataset], [(dataset, config.train_split)], []
-    for spec in config.unlabeled:
-        source = open_source(spec)
-        files = {Path(f).resolve() for files in source.files.values() for f in files if f}
-        if files & test_files:
-            raise UserError(f"--unlabeled {spec} is the test split of {config.dataset}: learning from its texts "
-                            "would make the test score optimistic; leave it out.")
-        names.append(spec)
-        streams.append((source, "train" if "train" in source.splits else next(iter(source.splits))))
-    for (source, split), name in zip(streams, names):
-        found = column_names(source.split(split), source.describe(split))
-        wanted = config.text_column if name == config.dataset else None
-        try:
-            columns.append(pick_column(found, wanted, TEXT_COLUMNS, "text"))
-        except UserError as e:
-            raise UserError(f"{name}: {e}") from None
-    return TextSources(names, streams, columns, test)
 
 
 # -- the objective --------------------------------------------------------------------------------------

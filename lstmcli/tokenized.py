@@ -93,6 +93,34 @@ class StoredTokens:
         return np.frombuffer(data, dtype=self.dtype)
 
 
+class Joined:
+    """Several StoredTokens read as one: row i of the second part is row len(first) + i, and so on."""
+
+    def __init__(self, parts: list[StoredTokens]):
+        self.parts = parts
+        self.lengths = np.concatenate([part.lengths for part in parts])
+        self._firsts = np.cumsum([0] + [len(part) for part in parts])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(rows, dtype=np.int64)
+        part_of = np.searchsorted(self._firsts, rows, side="right") - 1
+        texts = [np.empty(0)] * len(rows)
+        for index, part in enumerate(self.parts):
+            where = np.flatnonzero(part_of == index)
+            if len(where):
+                local = rows[where] - self._firsts[index]
+                flat = part._read(part.starts(local).tolist(), part.lengths[local].tolist())
+                for position, text in zip(where, np.split(flat, np.cumsum(part.lengths[local])[:-1])):
+                    texts[position] = text
+        return padded(np.concatenate(texts), self.lengths[rows].astype(np.int64))
+
+    def batch(self, rows: np.ndarray):
+        return as_tensors(*self.padded(rows))
+
+
 @dataclass
 class TokenizedSplit:
     """One split's token ids and lengths, and a label slot (an index into `label_keys`) per row."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import checkpoint, distributed, lm, loop, regularize, tokenized
+from . import checkpoint, distributed, lm, loop, regularize, selftrain, tokenized
 from .batching import balanced_subset, epoch_plan
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
@@ -62,9 +63,6 @@ def train(config: Config, *, resume: bool = False, overwrite: bool = False, quie
 def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrite: bool, quiet: bool,
            hooks: loop.Hooks | None, cache_dir: Path | None) -> dict:
     # 1. runtime and run directory ------------------------------------------------------------------
-    if config.unlabeled:
-        raise UserError("--unlabeled is read by lstmcli pretrain: pretrain a language model on that text, then "
-                        "start from it with lstmcli train --init-from RUN.")
     runtime, report, out = start_run(config, resume=resume, overwrite=overwrite, quiet=quiet)
     source = distributed.together(runtime, open_training_source, config)  # bad data fails before any write
     claim_output_dir(held, out, runtime, overwrite=overwrite, resume=resume)
@@ -74,33 +72,26 @@ def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrit
     saved = checkpoint.read_json(out / checkpoint.CONFIG, "") if resume else None
     data = prepare_data(source, config, runtime, report, out, saved, cache_dir)
     record = write_record(out, data.tokenizer, data.record, saved, config, runtime)
-
-    # 5. model, and what it trains on -----------------------------------------------------------------
-    torch.manual_seed(config.seed)
-    model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(data.labels.names)).to(runtime.device)
-    report.say(f"model: {describe_model(config)}, {count_parameters(model):,} parameters, "
-               f"{len(data.labels.names)} classes ({', '.join(data.labels.names)})")
-    if config.embeddings and not resume:
-        copied = load_vectors(config.embeddings, data.tokenizer.get_vocab(), model.embedding)
-        report.say(f"embeddings: {copied:,} of {data.tokenizer.get_vocab_size():,} tokens start from "
-                   f"{config.embeddings}")
-    if config.init_from and not resume:
-        lm.start_from(model, config.init_from)
-        report.say(f"init: embedding and LSTM weights from the language model in {config.init_from}")
-    model.embedding.weight.requires_grad_(not config.freeze_embeddings)
     if config.max_train_samples > record["data"]["rows"]["train"]:
         report.warn(f"--max-train-samples {config.max_train_samples:,} is more than the {record['data']['rows']['train']:,} "
                     "training rows: training on all of them.")
-    objective = classifier_objective(model, data, config, runtime)
     if runtime.distributed:
         report.say(f"batch: {config.batch_size} per process, {config.batch_size * runtime.world_size} "
                    "in all")
 
-    # 6. the loop -------------------------------------------------------------------------------------
-    outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, hooks=hooks)
+    # 5-6. the model and the loop (with --unlabeled: a teacher, then students on its pseudo-labels) ----------
+    if config.unlabeled:
+        outcome = selftrain.fit(data, source.unlabeled, config, runtime, out, record, report, resume=resume,
+                                hooks=hooks, cache_dir=cache_dir)
+    else:
+        model = build_model(data, config, runtime, report, resume=resume)
+        objective = classifier_objective(model, labelled_rows(data, config, runtime), data, config, runtime)
+        outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, hooks=hooks)
 
     # 7. final metrics, with the best weights ------------------------------------------------------------
-    final = dict(validation=objective.validate(outcome.kept).best, test=None, best=outcome.position["best"],
+    validation = split_metrics(outcome.kept, data.validation.encoded, data.validation_classes, data.labels, config,
+                               runtime)
+    final = dict(validation=validation, test=None, best=outcome.position["best"],
                  splits=record["data"]["splits"], train=dict(rows=record["data"]["rows"]["train"],
                                                              steps=outcome.position["step"], seconds=outcome.seconds,
                                                              stopped_by_deadline=outcome.stopped_by_deadline))
@@ -155,13 +146,46 @@ def write_record(out: Path, tokenizer, record: dict, saved: dict | None, config:
     return record
 
 
-def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Config, runtime: Runtime
-                         ) -> loop.Objective:
-    """Cross-entropy on the labelled train split, validated by accuracy on the validation split."""
+def build_model(data: PreparedData, config: Config, runtime: Runtime, report: Reporter, *, resume: bool
+                ) -> LSTMClassifier:
+    """A new classifier, seeded, with its starting weights (--embeddings, --init-from) unless resuming."""
+    torch.manual_seed(config.seed)
+    model = LSTMClassifier(config, data.tokenizer.get_vocab_size(), len(data.labels.names)).to(runtime.device)
+    report.say(f"model: {describe_model(config)}, {count_parameters(model):,} parameters, "
+               f"{len(data.labels.names)} classes ({', '.join(data.labels.names)})")
+    if config.embeddings and not resume:
+        copied = load_vectors(config.embeddings, data.tokenizer.get_vocab(), model.embedding)
+        report.say(f"embeddings: {copied:,} of {data.tokenizer.get_vocab_size():,} tokens start from "
+                   f"{config.embeddings}")
+    if config.init_from and not resume:
+        lm.start_from(model, config.init_from)
+        report.say(f"init: embedding and LSTM weights from the language model in {config.init_from}")
+    model.embedding.weight.requires_grad_(not config.freeze_embeddings)
+    return model
+
+
+@dataclass
+class LabelledRows:
+    """What a classifier trains on: `rows` of `tokens` (a StoredTokens or tokenized.Joined), each row's
+    class in `classes`."""
+    tokens: object
+    classes: np.ndarray
+    rows: np.ndarray
+
+
+def labelled_rows(data: PreparedData, config: Config, runtime: Runtime) -> LabelledRows:
+    """The train split, or its seeded class-balanced subset with --max-train-samples."""
     rows = np.arange(len(data.train))
     if config.max_train_samples:
         rows = balanced_subset(data.train_classes, -(-config.max_train_samples // runtime.world_size), config.seed)
-    lengths, classes = data.train.encoded.lengths[rows], data.train_classes[rows]
+    return LabelledRows(data.train.encoded, data.train_classes, rows)
+
+
+def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: PreparedData, config: Config,
+                         runtime: Runtime) -> loop.Objective:
+    """Cross-entropy on the labelled rows, validated by accuracy on the validation split."""
+    rows = training.rows
+    lengths, classes = training.tokens.lengths[rows], training.classes[rows]
     class_weights = None
     if config.class_weights == "auto":
         counts = distributed.sum_array(np.bincount(classes, minlength=len(data.labels.names)), runtime)
@@ -179,8 +203,8 @@ def classifier_objective(model: LSTMClassifier, data: PreparedData, config: Conf
         # 0, so the all-reduce still meets every rank and no example counts twice.
         weight = 1.0 if len(batch_rows) else 0.0
         batch_rows = batch_rows if len(batch_rows) else np.zeros(1, dtype=np.int64)
-        ids, batch_lengths = data.train.encoded.batch(batch_rows)
-        return loop.Batch((ids, batch_lengths, torch.from_numpy(data.train_classes[batch_rows])), weight,
+        ids, batch_lengths = training.tokens.batch(batch_rows)
+        return loop.Batch((ids, batch_lengths, torch.from_numpy(training.classes[batch_rows])), weight,
                           int(batch_lengths.sum()))
 
     def loss(trained, tensors):
@@ -228,6 +252,7 @@ class TrainingSource:
     text_column: str
     label_column: str
     warnings: list[str]  # what the user should know about these choices
+    unlabeled: object = None  # --unlabeled sources besides the dataset itself (pretrain.TextSources)
 
 
 def open_training_source(config: Config) -> TrainingSource:
@@ -236,7 +261,8 @@ def open_training_source(config: Config) -> TrainingSource:
     columns = pick_columns(source.split(splits.train), source.describe(splits.train), config.text_column,
                            config.label_column)
     return TrainingSource(source, splits, columns.text, columns.label,
-                          columns.notes + ([splits.warning] if splits.warning else []))
+                          columns.notes + ([splits.warning] if splits.warning else []),
+                          selftrain.open_pool(config, source, splits.test) if config.unlabeled else None)
 
 
 @dataclass
@@ -271,9 +297,17 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
                          counts=counts, holdout=holdout)
 
     train_holdout = False if splits.validation is None else None
-    tokenizer = settle_tokenizer(config, runtime, report, out, saved, repr(splits.train), lambda: texts_only(read_rows(
-        source.split(splits.train), source.describe(splits.train), text_column, label_column, strict=config.strict,
-        holdout=(config.val_fraction, False) if train_holdout is False else None)))
+    def tokenizer_texts():  # the unlabelled text too: self-training learns the words only it has
+        train_texts = texts_only(read_rows(source.split(splits.train), source.describe(splits.train), text_column,
+                                           label_column, strict=config.strict,
+                                           holdout=(config.val_fraction, False) if train_holdout is False else None))
+        if not opened.unlabeled:
+            return train_texts
+        return itertools.chain(train_texts, texts_only(opened.unlabeled.rows(config, runtime, held_out=None,
+                                                                             shard=False)))
+
+    trained_on = repr(splits.train) + (" and the unlabelled text" if opened.unlabeled else "")
+    tokenizer = settle_tokenizer(config, runtime, report, out, saved, trained_on, tokenizer_texts)
 
     fingerprint = source.fingerprint
     if saved is not None and saved.get("data", {}).get("fingerprint") != fingerprint:

@@ -168,8 +168,6 @@ def test_bad_input_is_one_line(task, language_model, tiny_run, tmp_path, cli):
                                "--output-dir", tmp_path / "c")[::2], "--hidden-size", "contradicts")
     assert_one_line_error(*cli("train", "--dataset", data, "--max-train-samples", "1", "--quiet",
                                "--output-dir", tmp_path / "d")[::2], "--max-train-samples", "number of classes")
-    assert_one_line_error(*cli("train", "--dataset", data, "--unlabeled", task / "unlabelled.jsonl",
-                               "--output-dir", tmp_path / "e")[::2], "lstmcli pretrain")
     no_text = write_jsonl(tmp_path / "numbers.jsonl", [{"id": i, "stars": 3} for i in range(5)])
     assert_one_line_error(*cli("pretrain", "--dataset", data, "--unlabeled", no_text,
                                "--output-dir", tmp_path / "f")[::2], "numbers.jsonl", "no text column")

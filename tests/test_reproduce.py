@@ -30,12 +30,14 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     monkeypatch.setattr(reproduce, "JSON", checkout / "bench" / "reproduce.json")
     monkeypatch.setattr(reproduce, "RECIPES", {"tiny": ("tiny", 0.8)})
     monkeypatch.setattr(reproduce, "PRETRAINED", {})
+    monkeypatch.setattr(reproduce, "SELF_TRAINED", {"tiny": ("tiny", "self-trained", "recipes/tiny.toml", [
+        "--max-train-samples", "60", "--unlabeled", "../shared/datasets/tiny", "--self-training-rounds", "1"], 0.8, 60)})
     monkeypatch.setattr(sys, "argv", ["reproduce.py", "--seeds", "0", "1"])
 
     reproduce.main()
 
     rows = json.loads((checkout / "bench" / "reproduce.json").read_text())
-    assert [r["setting"] for r in rows] == ["labels only", "unlabelled text"]
+    assert sorted(r["setting"] for r in rows) == ["labels only", "self-trained", "unlabelled text"]
     row = rows[0]
     assert {"set", "setting", "accuracy", "goal", "fasttext", "minutes", "command"} <= row.keys()
     assert row["set"] == "tiny" and row["goal"] == 0.8 and set(row["seeds"]) == {"0", "1"}
@@ -45,3 +47,7 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     results = (checkout / "RESULTS.md").read_text()
     assert f"**{row['accuracy']:.4f}**" in results and "unlabelled text" in results
     assert (checkout / "runs" / "recipes" / "tiny" / "model.safetensors").exists()
+    self_trained = next(r for r in rows if r["setting"] == "self-trained")
+    assert self_trained["trained_on"] == "tiny/train (60 labels)" and set(self_trained["seeds"]) == {"0", "1"}
+    assert "--unlabeled ../shared/datasets/tiny" in self_trained["command"]
+    assert (checkout / "runs" / "recipes" / "tiny-self-trained" / "rounds" / "0" / "model.safetensors").exists()
