@@ -20,10 +20,11 @@ TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
 # pretrain` has no flags for them.
 CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "pooling",
                    "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation",
-                   "self_training_rounds")
+                   "self_training_rounds", "self_training_epochs")
 # Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
 # model's): tune has no flags for them.
-NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled", "self_training_rounds")
+NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled", "self_training_rounds",
+               "self_training_epochs")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,
@@ -147,6 +148,9 @@ class Config:
                                         "labels and the previous model's most confident pseudo-labels of the "
                                         "unlabelled text (each round costs about one run on that much text).",
                                         group="training", low=1, high=10)
+    self_training_epochs: int = setting(4, "Passes each self-training student makes over its rows (the teacher "
+                                        "makes --epochs): students learn from many more rows than the labels, "
+                                        "so they need fewer passes.", group="training", low=1)
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))

@@ -71,7 +71,8 @@ def fit(data: classifier.PreparedData, sources: TextSources, config: Config, run
         report.say(f"self-training: {'teacher' if number == 0 else f'student {number}'} on {len(training.rows):,} "
                    f"rows ({len(training.rows) - len(labelled.rows):,} pseudo-labelled)"
                    + ("" if last else f", in {directory}"))
-        outcome = run_round(training, data, config, runtime, directory, record, report, resume=resume,
+        settings = config if number == 0 else replace(config, epochs=config.self_training_epochs)
+        outcome = run_round(training, data, settings, runtime, directory, record, report, resume=resume,
                             hooks=hooks if last else None)
         seconds += outcome.seconds
         if last:

@@ -52,6 +52,7 @@ def test_a_killed_self_training_run_resumes_to_the_same_weights(task, tmp_path):
     from test_resume import wait_for_saved_step
 
     flags = ["--dataset", task / "data", "--unlabeled", task / "unlabelled.jsonl", "--self-training-rounds", "1",
+             "--self-training-epochs", "2",
              "--embed-dim", "16", "--hidden-size", "16", "--batch-size", "16", "--epochs", "2", "--threads", "1",
              "--min-frequency", "1", "--save-every", "20", "--quiet"]
     whole = tmp_path / "whole"
