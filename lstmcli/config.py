@@ -120,8 +120,6 @@ class Config:
     segment_length: int = setting(0, "Read texts longer than this in segments of this many tokens, run side "
                                   "by side as one wide batch and pooled over the whole text (0: one pass "
                                   "over each text).", group="model", low=0, high=1_000_000)
-    weight_drop: float = setting(0.0, "DropConnect on the LSTM's hidden-to-hidden weights: the share of them "
-                                 "zeroed for each batch (AWD-LSTM).", group="model", low=0.0, high=0.99)
 
     # -- training ---------------------------------------------------------------------------------
     epochs: int = setting(10, "Passes over the training data.", group="training", low=1, resumable=True)

@@ -1,4 +1,4 @@
-"""Regularisers that take more than a dropout layer: adversarial training on the embeddings.
+"""Adversarial training on the embeddings: a regulariser that takes more than a dropout layer.
 
 `--adversarial at` (Miyato, Dai & Goodfellow 2017, "Adversarial training methods for semi-supervised
 text classification"): after the ordinary backward pass, the embeddings of each text are pushed by
@@ -7,7 +7,9 @@ second forward and backward pass on the pushed embeddings, and both gradients go
 step. The push is the small change of the input that hurts the model most, so training on it smooths
 the model around each training text. It costs about one more step.
 
-(Weight-drop, `--weight-drop`, lives in the model: it is a dropout mask on the hidden-to-hidden weights.)
+Measured here (validation accuracy, mean of seeds 0/1/2): SST-5 0.416 -> 0.426 with epsilon 5 (2: 0.421,
+10: 0.399); no gain on SST-2, Rotten Tomatoes or IMDB. Weight-drop on the hidden-to-hidden weights
+(AWD-LSTM) was tried too and removed: it lowered validation accuracy on every set.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Adversary:
             return None
         if self.push is not None:
             return output + self.push
+        if not output.requires_grad:  # frozen embeddings: the push still needs the gradient at them
+            output.requires_grad_()
         output.retain_grad()
         self.embedded = output
         return None

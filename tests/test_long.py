@@ -1,4 +1,4 @@
-"""Long texts read whole in segments, weight-drop and adversarial training: what they promise, checked."""
+"""Long texts read whole in segments, and adversarial training: what they promise, checked."""
 
 import json
 import os
@@ -88,24 +88,6 @@ def test_texts_within_one_segment_read_as_without_segments():
                                    model_for(bidirectional=True)(ids, lengths), atol=1e-6, rtol=0)
 
 
-def test_weight_drop_masks_hidden_weights_in_training_only_and_they_still_learn():
-    model = model_for(weight_drop=0.5, bidirectional=False)
-    plain = model_for(bidirectional=False)
-    assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints keep nn.LSTM's names
-    ids, lengths = padded_batch([6, 3])
-    with torch.no_grad():
-        torch.testing.assert_close(model(ids, lengths), plain(ids, lengths))  # eval: no mask
-    model.train()
-    torch.manual_seed(1)
-    first = model(ids, lengths)
-    assert not torch.allclose(first, model(ids, lengths))  # a new mask each pass
-    first.sum().backward()
-    assert model.lstm.weight_hh_l0.grad is not None and model.lstm.weight_hh_l0.grad.abs().sum() > 0
-    before = model.lstm.weight_hh_l0.detach().clone()
-    torch.optim.SGD(model.parameters(), lr=0.1).step()
-    assert not torch.equal(before, model.lstm.weight_hh_l0)  # not frozen (cf. pytorch/pytorch#65688)
-
-
 def test_the_adversarial_loss_is_higher_than_the_clean_one_and_leaves_nothing_behind():
     model = model_for(bidirectional=True, segment_length=3, embedding_dropout=0.0).train()
     adversary = regularize.Adversary(model, epsilon=2.0, runtime=setup("cpu", "fp32", 1))
@@ -121,8 +103,10 @@ def test_the_adversarial_loss_is_higher_than_the_clean_one_and_leaves_nothing_be
     torch.testing.assert_close(evaluated, model_for(bidirectional=True, segment_length=3)(ids, lengths))
 
 
-def test_adversarial_push_is_scaled_to_epsilon():
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained-embeddings", "frozen-embeddings"])
+def test_adversarial_push_is_scaled_to_epsilon(frozen):
     model = model_for(bidirectional=True, embedding_dropout=0.0).train()
+    model.embedding.weight.requires_grad_(not frozen)
     adversary = regularize.Adversary(model, epsilon=3.0, runtime=setup("cpu", "fp32", 1))
     seen = []
     model.embedding_dropout.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
@@ -138,7 +122,6 @@ def test_adversarial_push_is_scaled_to_epsilon():
 @pytest.mark.parametrize("args,message", [
     (["--segment-length", "-1"], "--segment-length -1 is too small"),
     (["--segment-length", "8", "--pooling", "last"], "--pooling last"),
-    (["--weight-drop", "1.5"], "--weight-drop 1.5 is too large"),
     (["--adversarial", "vat"], "--adversarial"),
     (["--adversarial-epsilon", "-1"], "--adversarial-epsilon -1.0 is too small"),
 ])
@@ -159,11 +142,11 @@ def long_rows(count, seed):
     return named(rows)
 
 
-def test_segmented_training_with_weight_drop_and_adversarial_learns_and_resumes_exactly(tmp_path, monkeypatch):
+def test_segmented_adversarial_training_learns_and_resumes_exactly(tmp_path, monkeypatch):
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", long_rows(480, seed=1))
     write_jsonl(data / "validation.jsonl", long_rows(100, seed=2))
-    levers = dict(segment_length=8, weight_drop=0.3, adversarial="at", adversarial_epsilon=1.0, epochs=3,
+    levers = dict(segment_length=8, adversarial="at", adversarial_epsilon=1.0, epochs=3,
                   bidirectional=True)
     whole = train(Config(dataset=str(data), output_dir=str(tmp_path / "whole"), **{**TINY_SETTINGS, **levers}),
                   quiet=True)
