@@ -205,12 +205,22 @@ def fields_in_group(*groups: str) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(Config) if f.metadata["group"] in groups]
 
 
+# Settings that earlier versions had and this one dropped, at the value that did nothing: a run directory or
+# recipe that holds one at that value still loads (its model is the same without it).
+RETIRED = {"weight_drop": 0.0, "init_lr_scale": 1.0}
+
+
 def from_mapping(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Check names and types of settings read from a recipe or config.json; return them by field name."""
     known = {f.name: f for f in dataclasses.fields(Config)}
     out = {}
     for key, value in values.items():
         name = key.replace("-", "_")
+        if name in RETIRED and value == RETIRED[name]:
+            continue
+        if name in RETIRED:
+            raise UserError(f"{source}: setting {key!r} = {value!r} is no longer supported (it measured no "
+                            f"better than {RETIRED[name]!r}): remove it, or train with an earlier lstmcli.")
         if name not in known:
             raise UserError(f"{source}: unknown setting {key!r}; known settings are: "
                             f"{', '.join(sorted(known))}.")

@@ -30,12 +30,28 @@ def test_recipe_values_are_overridden_by_the_command_line(tmp_path):
     ("hiden_size = 3\n", "unknown setting 'hiden_size'"),
     ("layers = 'two'\n", "should be int"),
     ("layers = \n", "not valid TOML"),
+    ("weight_drop = 0.3\n", "'weight_drop' = 0.3 is no longer supported"),
 ])
 def test_bad_recipes_are_explained(tmp_path, text, message):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(text)
     with pytest.raises(UserError, match=message):
         read_recipe(recipe)
+
+
+def test_a_run_written_by_an_earlier_version_still_loads(tiny_run, tmp_path):
+    """Settings since retired (weight_drop, init_lr_scale) at the value that did nothing are skipped."""
+    import json
+    import shutil
+
+    from lstmcli.checkpoint import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    record = json.loads((old / "config.json").read_text())
+    record["settings"].update(weight_drop=0.0, init_lr_scale=1.0)
+    (old / "config.json").write_text(json.dumps(record))
+    assert load_run(old).config == load_run(tiny_run).config
 
 
 def test_resume_differences_ignore_resumable_settings():
