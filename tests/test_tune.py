@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli.config import Config
-from lstmcli.tune import DROPOUT, SPACE, parse_budget, settle, tune
+from lstmcli.tune import DROPOUT, SPACE, default_params, parse_budget, recipes_params, settle, tune
 
 BUDGET = 15
 # Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
@@ -62,6 +62,14 @@ def test_search_keeps_within_budget_and_trial_0_is_the_defaults(searched):
     assert all(row["epochs"] == row["hidden_size"] == "" for row in rows)
     assert summary["defaults"]["validation"] == pytest.approx(float(rows[0]["validation_accuracy"]), abs=1e-4)
     assert summary["validation"] >= summary["defaults"]["validation"]  # never worse than the defaults
+    if len(rows) > 1:  # trial 1 tries what the recipes share
+        assert (rows[1]["bidirectional"], rows[1]["embedding_dropout"]) == ("True", "0.5"), rows[1]
+
+
+def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
+    assert recipes_params({}) == {**default_params({}), "bidirectional": True, "embedding_dropout": 0.5}
+    assert recipes_params({"bidirectional": False}) == {**default_params({"bidirectional": False}),
+                                                        "embedding_dropout": 0.5}
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
