@@ -65,25 +65,25 @@ def fit(data: classifier.PreparedData, sources: TextSources, config: Config, run
     labelled = classifier.labelled_rows(data, config, runtime)
     tokens, pool = pool_rows(data, sources, labelled, config, runtime, report, out, cache_dir)
     training, seconds = labelled, 0.0
-    for number in range(config.self_training_rounds + 1):
-        last = number == config.self_training_rounds
-        directory = out if last else out / ROUNDS / str(number)
-        report.say(f"self-training: {'teacher' if number == 0 else f'student {number}'} on {len(training.rows):,} "
-                   f"rows ({len(training.rows) - len(labelled.rows):,} pseudo-labelled)"
-                   + ("" if last else f", in {directory}"))
-        settings = config if number == 0 else replace(config, epochs=config.self_training_epochs)
-        outcome = run_round(training, data, settings, runtime, directory, record, report, resume=resume,
-                            hooks=hooks if last else None)
+    student = replace(config, epochs=config.self_training_epochs)
+    for number in range(config.self_training_rounds):
+        outcome = run_round(number, training, labelled, data, student if number else config, runtime,
+                            out / ROUNDS / str(number), record, report, resume=resume, hooks=None)
         seconds += outcome.seconds
-        if last:
-            return replace(outcome, seconds=round(seconds, 2))
-        share = kept_share(number + 1)
-        rows, classes = confident_rows(probabilities(outcome.kept, tokens, pool, config, runtime),
-                                       labelled.classes[labelled.rows], share, len(data.labels.names))
-        pseudo = np.concatenate([data.train_classes, np.zeros(len(tokens) - len(data.train), data.train_classes.dtype)])
-        pseudo[pool[rows]] = classes  # rows of the pool only: the labelled rows keep their labels
-        training = classifier.LabelledRows(tokens, pseudo, np.union1d(labelled.rows, pool[rows]))
-    raise AssertionError("unreachable")
+        training = taught(outcome.kept, tokens, pool, labelled, data, kept_share(number + 1), config, runtime)
+    outcome = run_round(config.self_training_rounds, training, labelled, data, student, runtime, out, record, report,
+                        resume=resume, hooks=hooks)
+    return replace(outcome, seconds=round(seconds + outcome.seconds, 2))
+
+
+def taught(teacher: torch.nn.Module, tokens, pool: np.ndarray, labelled: classifier.LabelledRows, data,
+           share: float, config: Config, runtime: Runtime) -> classifier.LabelledRows:
+    """The labelled rows and the teacher's most confident pseudo-labels: what the next student trains on."""
+    rows, classes = confident_rows(probabilities(teacher, tokens, pool, config, runtime),
+                                   labelled.classes[labelled.rows], share, len(data.labels.names))
+    pseudo = np.concatenate([data.train_classes, np.zeros(len(tokens) - len(data.train), data.train_classes.dtype)])
+    pseudo[pool[rows]] = classes  # rows of the pool only: the labelled rows keep their labels
+    return classifier.LabelledRows(tokens, pseudo, np.union1d(labelled.rows, pool[rows]))
 
 
 def pool_rows(data, sources: TextSources, labelled, config: Config, runtime: Runtime, report: Reporter, out: Path,
@@ -109,9 +109,12 @@ def pool_rows(data, sources: TextSources, labelled, config: Config, runtime: Run
     return tokenized.Joined(parts), pool
 
 
-def run_round(training: classifier.LabelledRows, data, config: Config, runtime: Runtime, directory: Path,
-              record: dict, report: Reporter, *, resume: bool, hooks: loop.Hooks | None) -> loop.Outcome:
+def run_round(number: int, training: classifier.LabelledRows, labelled: classifier.LabelledRows, data,
+              config: Config, runtime: Runtime, directory: Path, record: dict, report: Reporter, *, resume: bool,
+              hooks: loop.Hooks | None) -> loop.Outcome:
     """One ordinary training run in `directory`; a round finished before a resume is read back instead."""
+    report.say(f"self-training: {f'student {number}' if number else 'teacher'} on {len(training.rows):,} rows "
+               f"({len(training.rows) - len(labelled.rows):,} pseudo-labelled), in {directory}")
     finished = directory != Path(config.output_dir) and (directory / checkpoint.METRICS).exists()
     resuming = resume and (directory / checkpoint.RESUME).exists()
     model = classifier.build_model(data, config, runtime, report, resume=resuming or finished)
