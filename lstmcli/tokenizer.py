@@ -60,6 +60,19 @@ def train_tokenizer(text_chunks: Iterable[list[str]], kind: str, vocab_size: int
     return tokenizer
 
 
+def extend_vocabulary(tokenizer: Tokenizer, more: Tokenizer, vocab_size: int) -> Tokenizer:
+    """A word-level tokenizer with every word of `tokenizer`, then the most frequent other words of `more`, up
+    to `vocab_size`: words of the labelled text first, however rare, then those only unlabelled text has."""
+    vocab = tokenizer.get_vocab()
+    for word, _ in sorted(more.get_vocab().items(), key=lambda item: item[1]):  # a trained id is a frequency rank
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(word, len(vocab))
+    extended = Tokenizer.from_str(tokenizer.to_str())
+    extended.model = models.WordLevel(vocab, unk_token=UNK)
+    return extended
+
+
 def _keeping_first(chunks: Iterable[list[str]], sample: list[str]) -> Iterator[list[str]]:
     """The chunks, unchanged, while the first SAMPLE_TEXTS texts are copied into `sample`."""
     for chunk in chunks:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
 from .terminal import Reporter
-from .tokenizer import load_tokenizer, tokenizer_from_json, train_tokenizer
+from .tokenizer import extend_vocabulary, load_tokenizer, tokenizer_from_json, train_tokenizer
 from .vectors import load_vectors
 
 def settings_for(recipe: dict, command_line: dict, resume: bool) -> Config:
@@ -297,17 +296,11 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
                          counts=counts, holdout=holdout)
 
     train_holdout = False if splits.validation is None else None
-    def tokenizer_texts():  # the unlabelled text too: self-training learns the words only it has
-        train_texts = texts_only(read_rows(source.split(splits.train), source.describe(splits.train), text_column,
-                                           label_column, strict=config.strict,
-                                           holdout=(config.val_fraction, False) if train_holdout is False else None))
-        if not opened.unlabeled:
-            return train_texts
-        return itertools.chain(train_texts, texts_only(opened.unlabeled.rows(config, runtime, held_out=None,
-                                                                             shard=False)))
-
-    trained_on = repr(splits.train) + (" and the unlabelled text" if opened.unlabeled else "")
-    tokenizer = settle_tokenizer(config, runtime, report, out, saved, trained_on, tokenizer_texts)
+    tokenizer = settle_tokenizer(config, runtime, report, out, saved, repr(splits.train), lambda: texts_only(read_rows(
+        source.split(splits.train), source.describe(splits.train), text_column, label_column, strict=config.strict,
+        holdout=(config.val_fraction, False) if train_holdout is False else None)),
+        more_texts=(lambda: texts_only(opened.unlabeled.rows(config, runtime, held_out=None, shard=False)))
+        if opened.unlabeled and opened.unlabeled.streams else None)
 
     fingerprint = source.fingerprint
     if saved is not None and saved.get("data", {}).get("fingerprint") != fingerprint:
@@ -360,9 +353,11 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
 
 
 def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Path, saved: dict | None,
-                     trained_on: str, training_texts) -> object:
+                     trained_on: str, training_texts, more_texts=None) -> object:
     """The run's tokenizer: its own when resuming, else trained on `training_texts()` (on the first process,
-    then shared), else the tokenizer.json (or Hub tokenizer) that --tokenizer names."""
+    then shared), else the tokenizer.json (or Hub tokenizer) that --tokenizer names. A word-level vocabulary
+    with room left takes the most frequent words of `more_texts()` (unlabelled text) too; subword tokenizers
+    already spell words they have not seen."""
     if saved is not None:
         return tokenizer_from_json((out / checkpoint.TOKENIZER).read_text(encoding="utf-8"),
                                    str(out / checkpoint.TOKENIZER))
@@ -372,8 +367,14 @@ def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Pa
         return tokenizer
     text = None
     if runtime.is_main:
-        text = train_tokenizer(training_texts(), config.tokenizer, config.vocab_size, config.min_frequency,
-                               config.lowercase, warn=report.warn).to_str()
+        trained = train_tokenizer(training_texts(), config.tokenizer, config.vocab_size, config.min_frequency,
+                                  config.lowercase, warn=report.warn)
+        if more_texts is not None and config.tokenizer == "wordlevel" and trained.get_vocab_size() < config.vocab_size:
+            trained = extend_vocabulary(trained, train_tokenizer(more_texts(), config.tokenizer, config.vocab_size,
+                                                                 config.min_frequency, config.lowercase),
+                                        config.vocab_size)
+            trained_on += " and the unlabelled text's most frequent other words"
+        text = trained.to_str()
     tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
     report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on {trained_on}")
     return tokenizer

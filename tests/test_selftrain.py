@@ -23,7 +23,7 @@ def test_self_training_learns_words_only_the_unlabelled_text_links_to_the_labels
     settings = dict(dataset=str(task / "data"), epochs=10, **SMALL)
     alone = train(Config(output_dir=str(tmp_path / "alone"), **settings), quiet=True)
     self_trained = train(Config(output_dir=str(tmp_path / "self"), unlabeled=(str(task / "unlabelled.jsonl"),),
-                                **settings), quiet=True)
+                                self_training_rounds=3, **settings), quiet=True)
     assert self_trained["test"]["accuracy"] >= alone["test"]["accuracy"] + 0.15, (self_trained["test"], alone["test"])
     teacher = evaluate_run(tmp_path / "self" / "rounds" / "0", split="test")  # each round is an ordinary run
     assert teacher["num_examples"] == 200 and teacher["accuracy"] < self_trained["test"]["accuracy"], teacher
@@ -82,3 +82,15 @@ def test_bad_unlabelled_sources_are_one_line(task, tmp_path, cli):  # noqa: F811
         assert_one_line_error(*cli("train", "--dataset", data, "--unlabeled", unlabelled, "--output-dir", out)[::2],
                               *fragments)
         assert not out.exists()  # refused before anything is written
+
+
+def test_the_vocabulary_keeps_every_labelled_word_before_unlabelled_ones():
+    from lstmcli.tokenizer import extend_vocabulary, train_tokenizer
+
+    labelled = train_tokenizer([["a rare gem", "a gem"]], "wordlevel", 10, 1, True)
+    unlabelled = train_tokenizer([["the the the film film plot gem"] * 50], "wordlevel", 10, 1, True)
+    extended = extend_vocabulary(labelled, unlabelled, 7)
+    vocab = extended.get_vocab()
+    assert {word: vocab[word] for word in labelled.get_vocab()} == labelled.get_vocab()  # ids unchanged
+    assert len(vocab) == 7 and {"the", "film"} <= vocab.keys() and "plot" not in vocab  # most frequent first
+    assert extended.encode("the rare film").ids == [vocab["the"], vocab["rare"], vocab["film"]]
