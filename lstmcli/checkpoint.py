@@ -49,6 +49,7 @@ CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME = (
 REPORT = "report.html"  # written by lstmcli report, stale once the run is replaced
 EXPORTS = ("model.onnx", "model.int8.onnx")  # written by lstmcli export from the weights
 CACHE = "cache"
+ROUNDS = "rounds"  # self-training's teacher and students but the last, each a run directory (selftrain.py)
 LOCK = ".lock"
 FORMAT = "lstmcli-run"
 FORMAT_VERSION = 1
@@ -156,7 +157,7 @@ def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> Non
     """Make sure training may write into `directory`; refuse to replace anything without --overwrite."""
     holds_run = (directory / CONFIG).exists() or (directory / RESUME).exists()
     if resume:
-        if not (directory / RESUME).exists():
+        if not has_saved_state(directory):
             raise UserError(f"nothing to resume in {directory} (no {RESUME}): start a new run without "
                             "--resume, or point --output-dir at the run to continue.")
         return
@@ -177,10 +178,15 @@ def prepare_output_dir(directory: Path, *, overwrite: bool, resume: bool) -> Non
 def restartable(directory: Path) -> tuple[bool, bool]:
     """(resume, overwrite) for --auto-resume: resume a saved state; replace only a run that was stopped
     before it saved anything (no state, no weights), so nothing of value is ever replaced."""
-    if (directory / RESUME).exists():
+    if has_saved_state(directory):
         return True, False
     abandoned = (directory / CONFIG).exists() and not (directory / WEIGHTS).exists()
     return False, abandoned
+
+
+def has_saved_state(directory: Path) -> bool:
+    """Whether a run in `directory` saved a resumable state (in a self-training round, too)."""
+    return (directory / RESUME).exists() or any((directory / ROUNDS).glob(f"*/{RESUME}"))
 
 
 def remove_run_files(directory: Path) -> None:
@@ -188,7 +194,8 @@ def remove_run_files(directory: Path) -> None:
     for name in (CONFIG, WEIGHTS, TOKENIZER, METRICS, LOG, RESUME, REPORT, *EXPORTS):
         (directory / name).unlink(missing_ok=True)
     for path in directory.iterdir():
-        if path.name.startswith(STATE_PREFIX) or path.name == CACHE or path.name.startswith(".") and ".tmp-" in path.name:
+        if path.name.startswith(STATE_PREFIX) or path.name in (CACHE, ROUNDS) \
+                or path.name.startswith(".") and ".tmp-" in path.name:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

@@ -35,8 +35,6 @@ from .runtime import Runtime
 from .terminal import Reporter
 from .unlabeled import TextSources, open_unlabeled
 
-ROUNDS = "rounds"
-
 
 def kept_share(round_number: int) -> float:
     """The share of the unlabelled texts that student `round_number` (from 1) learns from."""
@@ -69,7 +67,7 @@ def fit(data: classifier.PreparedData, sources: TextSources, config: Config, run
     student = replace(config, epochs=config.self_training_epochs)
     for number in range(config.self_training_rounds):
         outcome = run_round(number, training, labelled, data, student if number else config, runtime,
-                            out / ROUNDS / str(number), record, report, resume=resume, hooks=None)
+                            out / checkpoint.ROUNDS / str(number), record, report, resume=resume, hooks=None)
         seconds += outcome.seconds
         training = taught(outcome.kept, tokens, pool, labelled, data, kept_share(number + 1), config, runtime)
     outcome = run_round(config.self_training_rounds, training, labelled, data, student, runtime, out, record, report,
@@ -116,7 +114,7 @@ def run_round(number: int, training: classifier.LabelledRows, labelled: classifi
     """One ordinary training run in `directory`; a round finished before a resume is read back instead."""
     report.say(f"self-training: {f'student {number}' if number else 'teacher'} on {len(training.rows):,} rows "
                f"({len(training.rows) - len(labelled.rows):,} pseudo-labelled), in {directory}")
-    finished = directory != Path(config.output_dir) and (directory / checkpoint.METRICS).exists()
+    finished = resume and directory != Path(config.output_dir) and (directory / checkpoint.METRICS).exists()
     resuming = resume and (directory / checkpoint.RESUME).exists()
     model = classifier.build_model(data, config, runtime, report, resume=resuming or finished)
     if finished:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, run_cli, write_jsonl
 from lstmcli.config import Config
@@ -48,20 +49,21 @@ def test_joined_reads_each_row_from_its_part(tmp_path):
     assert ids.tolist() == [[13, 14, 15, 16], [5, 6, 7, 0], [11, 12, 0, 0], [9, 10, 0, 0]]
 
 
-def test_a_killed_self_training_run_resumes_to_the_same_weights(task, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("killed_in", ["teacher", "student"])
+def test_a_killed_self_training_run_resumes_to_the_same_weights(task, tmp_path, killed_in):  # noqa: F811
     from test_resume import wait_for_saved_step
 
     flags = ["--dataset", task / "data", "--unlabeled", task / "unlabelled.jsonl", "--self-training-rounds", "1",
-             "--self-training-epochs", "2",
-             "--embed-dim", "16", "--hidden-size", "16", "--batch-size", "16", "--epochs", "2", "--threads", "1",
-             "--min-frequency", "1", "--save-every", "20", "--quiet"]
+             "--self-training-epochs", "2", "--embed-dim", "16", "--hidden-size", "16", "--batch-size", "16",
+             "--epochs", "30", "--patience", "0", "--threads", "1", "--min-frequency", "1", "--save-every", "20",
+             "--quiet"]
     whole = tmp_path / "whole"
     assert run_cli("train", "--output-dir", whole, *flags).returncode == 0
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "lstmcli", "train", "--output-dir", str(out), *map(str, flags)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**__import__("os").environ, **OFFLINE})
-    wait_for_saved_step(out, 60, process)  # the student, in the run directory itself, is under way
+    wait_for_saved_step(out / "rounds" / "0" if killed_in == "teacher" else out, 40, process)
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL
@@ -70,6 +72,17 @@ def test_a_killed_self_training_run_resumes_to_the_same_weights(task, tmp_path):
     for run in ("", "rounds/0/"):
         assert (out / run / "model.safetensors").read_bytes() == (whole / run / "model.safetensors").read_bytes()
     assert json.loads((out / "metrics.json").read_text())["test"] == json.loads((whole / "metrics.json").read_text())["test"]
+
+
+def test_a_new_run_never_reuses_the_rounds_of_the_one_it_replaces(task, tmp_path, cli):  # noqa: F811
+    flags = ["--dataset", task / "data", "--unlabeled", task / "unlabelled.jsonl", "--self-training-rounds", "1",
+             "--embed-dim", "16", "--hidden-size", "16", "--epochs", "2", "--threads", "1", "--min-frequency", "1",
+             "--output-dir", tmp_path / "run", "--quiet"]
+    assert cli("train", *flags)[0] == 0
+    teacher = (tmp_path / "run" / "rounds" / "0" / "model.safetensors").read_bytes()
+    code, _, err = cli("train", *flags, "--overwrite", "--seed", "1")
+    assert code == 0, err
+    assert (tmp_path / "run" / "rounds" / "0" / "model.safetensors").read_bytes() != teacher
 
 
 def test_bad_unlabelled_sources_are_one_line(task, tmp_path, cli):  # noqa: F811
