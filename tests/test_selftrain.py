@@ -8,14 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, run_cli, write_jsonl
+from lstmcli.checkpoint import load_run
 from lstmcli.config import Config
 from lstmcli.evaluate import evaluate_run
 from lstmcli.selftrain import confident_rows
 from lstmcli.tokenized import Joined, StoredTokens
 from lstmcli.train import train
-from test_pretrain import SMALL, task  # noqa: F401  (task is a fixture)
+from test_pretrain import NEGATIVE, POSITIVE, SMALL, task  # noqa: F401  (task is a fixture)
 
 
 def test_self_training_learns_words_only_the_unlabelled_text_links_to_the_labels(task, tmp_path):  # noqa: F811
@@ -28,6 +30,13 @@ def test_self_training_learns_words_only_the_unlabelled_text_links_to_the_labels
     assert self_trained["test"]["accuracy"] >= alone["test"]["accuracy"] + 0.15, (self_trained["test"], alone["test"])
     teacher = evaluate_run(tmp_path / "self" / "rounds" / "0", split="test")  # each round is an ordinary run
     assert teacher["num_examples"] == 200 and teacher["accuracy"] < self_trained["test"]["accuracy"], teacher
+    # The teacher reads the words its labelled rows never had as the unknown word, not as random vectors.
+    run = load_run(tmp_path / "self" / "rounds" / "0")
+    embedding = run.build_model().embedding.weight.detach()
+    vocab = run.tokenizer.get_vocab()
+    for word in POSITIVE[2:] + NEGATIVE[2:]:
+        assert torch.equal(embedding[vocab[word]], embedding[vocab["[UNK]"]]), word
+    assert not torch.equal(embedding[vocab[POSITIVE[0]]], embedding[vocab["[UNK]"]])
 
 
 def test_confident_rows_keep_the_surest_in_the_labelled_proportions():
