@@ -32,6 +32,7 @@ from .batching import eval_plan, prefetch
 from .config import Config
 from .data import RowCounts, Source
 from .errors import UserError
+from .predict import softmax
 from .runtime import Runtime
 from .terminal import Reporter
 from .tokenizer import unknown_id
@@ -116,7 +117,8 @@ def run_round(number: int, training: classifier.LabelledRows, labelled: classifi
     """One ordinary training run in `directory`; a round finished before a resume is read back instead."""
     report.say(f"self-training: {f'student {number}' if number else 'teacher'} on {len(training.rows):,} rows "
                f"({len(training.rows) - len(labelled.rows):,} pseudo-labelled), in {directory}")
-    finished = resume and directory != Path(config.output_dir) and (directory / checkpoint.METRICS).exists()
+    intermediate = directory != Path(config.output_dir)  # a round before the last, in OUT/rounds/N
+    finished = resume and intermediate and (directory / checkpoint.METRICS).exists()
     resuming = resume and (directory / checkpoint.RESUME).exists()
     model = classifier.build_model(data, config, runtime, report, resume=resuming or finished)
     if finished:
@@ -125,12 +127,12 @@ def run_round(number: int, training: classifier.LabelledRows, labelled: classifi
                                                       saved["weights"].get(checkpoint.WEIGHTS)))
         report.say(f"self-training: {directory} finished before; its weights are read back")
         return loop.Outcome({}, model, checkpoint.read_json(directory / checkpoint.METRICS, "")["train"]["seconds"])
-    if directory != Path(config.output_dir):
+    if intermediate:
         record = start_round_dir(directory, record, data.tokenizer, resuming, runtime)
     objective = classifier.classifier_objective(model, training, data, config, runtime)
     objective = reading_unseen_words_as_unknown(objective, training, data.tokenizer, runtime)
     outcome = loop.fit(objective, config, runtime, directory, record, report, resume=resuming, hooks=hooks)
-    if directory != Path(config.output_dir) and runtime.is_main:
+    if intermediate and runtime.is_main:
         checkpoint.write_json(directory / checkpoint.METRICS, dict(
             validation=objective.validate(outcome.kept).best, best=outcome.position["best"],
             train=dict(rows=len(training.rows), steps=outcome.position["step"], seconds=outcome.seconds)))
@@ -181,11 +183,10 @@ def probabilities(model: torch.nn.Module, tokens, rows: np.ndarray, config: Conf
     plan = eval_plan(tokens.lengths[rows], classifier.eval_batch_size(config))  # positions in `rows`
     result = None
     for positions, (ids, lengths) in zip(plan, prefetch(lambda batch: tokens.padded(rows[batch]), plan)):
-        logits = scorer(ids, lengths).astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        batch = softmax(scorer(ids, lengths).astype(np.float64))
         if result is None:
-            result = np.empty((len(rows), logits.shape[1]))
-        result[positions] = exp / exp.sum(axis=1, keepdims=True)
+            result = np.empty((len(rows), batch.shape[1]))
+        result[positions] = batch
     return result
 
 

@@ -81,6 +81,23 @@ def test_schedules_warm_up_then_decay(schedule):
     assert all(a >= b - 1e-12 for a, b in zip(rates[10:], rates[11:]))
 
 
+def resumed_after_ctrl_c(config: Config, step: int, monkeypatch) -> dict:
+    """Train `config` until a real Ctrl-C at `step` (handled by training's signal handler), then resume it;
+    returns the resumed run's metrics."""
+    real_save_due = loop_module.save_due
+
+    def interrupt_at_step(settings, at, last_save):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save_due(settings, at, last_save)
+
+    monkeypatch.setattr(loop_module, "save_due", interrupt_at_step)
+    with pytest.raises(Interrupted, match=f"SIGINT at step {step}"):
+        train(config, quiet=True)
+    monkeypatch.undo()
+    return train(config, resume=True, quiet=True)
+
+
 def test_interrupt_and_resume_is_exact_with_ema_and_a_schedule(tmp_path, monkeypatch):
     rows = named(make_rows(600))
     data = tmp_path / "data"
@@ -90,19 +107,8 @@ def test_interrupt_and_resume_is_exact_with_ema_and_a_schedule(tmp_path, monkeyp
     whole = train(Config(dataset=str(data), output_dir=str(tmp_path / "whole"), **{**TINY_SETTINGS, **levers}),
                   quiet=True)
 
-    real_save_due = loop_module.save_due
-
-    def interrupt_at_step_50(config, step, last_save):
-        if step == 50:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by training's signal handler
-        return real_save_due(config, step, last_save)
-
-    monkeypatch.setattr(loop_module, "save_due", interrupt_at_step_50)
     config = Config(dataset=str(data), output_dir=str(tmp_path / "cut"), **{**TINY_SETTINGS, **levers})
-    with pytest.raises(Interrupted, match="SIGINT at step 50"):
-        train(config, quiet=True)
-    monkeypatch.undo()
-    resumed = train(config, resume=True, quiet=True)
+    resumed = resumed_after_ctrl_c(config, 50, monkeypatch)
     assert resumed["validation"] == whole["validation"]
     assert (tmp_path / "cut" / "model.safetensors").read_bytes() == (tmp_path / "whole" / "model.safetensors").read_bytes()
     record = json.loads((tmp_path / "cut" / "config.json").read_text())

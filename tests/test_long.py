@@ -1,9 +1,7 @@
 """Long texts read whole in segments, and adversarial training: what they promise, checked."""
 
 import json
-import os
 import random
-import signal
 
 import numpy as np
 import pytest
@@ -13,25 +11,13 @@ from torch.nn import functional as F
 from conftest import FILLER, TINY, TINY_SETTINGS, assert_one_line_error, make_rows, named, write_jsonl
 from lstmcli import regularize
 from lstmcli.batching import EVAL_TOKENS_PER_TEXT, eval_plan
-from lstmcli import loop as loop_module
 from lstmcli.config import Config
-from lstmcli.errors import Interrupted
 from lstmcli.model import LSTMClassifier, segments
 from lstmcli.runtime import setup
 from lstmcli.tokenizer import PAD_ID, encode, train_tokenizer
 from lstmcli.train import train
-from test_model import padded_batch
-
-
-def model_for(**settings):
-    torch.manual_seed(0)
-    config = Config(embed_dim=8, hidden_size=6, **settings).validate()
-    model = LSTMClassifier(config, vocab_size=50, num_classes=3).eval()
-    if config.init_state == "learned":
-        with torch.no_grad():
-            model.h0.normal_()
-            model.c0.normal_()
-    return model
+from test_levers import resumed_after_ctrl_c
+from test_model import model_for, padded_batch
 
 
 @pytest.mark.parametrize("segment_length", [1, 3, 4, 7, 50])
@@ -152,19 +138,8 @@ def test_segmented_adversarial_training_learns_and_resumes_exactly(tmp_path, mon
                   quiet=True)
     assert whole["validation"]["accuracy"] > 0.85
 
-    real_save_due = loop_module.save_due
-
-    def interrupt_at_step_40(config, step, last_save):
-        if step == 40:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_save_due(config, step, last_save)
-
-    monkeypatch.setattr(loop_module, "save_due", interrupt_at_step_40)
     config = Config(dataset=str(data), output_dir=str(tmp_path / "cut"), **{**TINY_SETTINGS, **levers})
-    with pytest.raises(Interrupted, match="at step 40"):
-        train(config, quiet=True)
-    monkeypatch.undo()
-    resumed = train(config, resume=True, quiet=True)
+    resumed = resumed_after_ctrl_c(config, 40, monkeypatch)
     assert resumed["validation"] == whole["validation"]
     assert (tmp_path / "cut" / "model.safetensors").read_bytes() == \
         (tmp_path / "whole" / "model.safetensors").read_bytes()

@@ -18,7 +18,7 @@ def padded_batch(lengths, vocab=50, seed=0):
 
 def model_for(**settings):
     torch.manual_seed(0)
-    config = Config(embed_dim=8, hidden_size=6, **settings)
+    config = Config(embed_dim=8, hidden_size=6, **settings).validate()
     model = LSTMClassifier(config, vocab_size=50, num_classes=3).eval()
     if config.init_state == "learned":
         with torch.no_grad():
