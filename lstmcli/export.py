@@ -82,13 +82,16 @@ def build_graph(run: Run, tensors: dict[str, np.ndarray]) -> onnx.ModelProto:
     directions = 2 if config.bidirectional else 1
     check_known_parameters(tensors, config.layers, directions, config.bias, config.init_state == "learned")
     graph = Graph()
-    graph.node("Transpose", ["input_ids"], ["ids_by_time"], perm=[1, 0])  # ONNX LSTM runs time-major
+    ids, lengths = segments(graph, config.segment_length) if config.segment_length else ("input_ids", "lengths")
+    graph.node("Transpose", [ids], ["ids_by_time"], perm=[1, 0])  # ONNX LSTM runs time-major
     graph.node("Gather", [graph.constant("embedding", tensors["embedding.weight"]), "ids_by_time"], ["x0"])
-    graph.node("Cast", ["lengths"], ["sequence_lens"], to=TensorProto.INT32)
-    graph.node("Shape", ["input_ids"], ["batch"], start=0, end=1)
+    graph.node("Cast", [lengths], ["sequence_lens"], to=TensorProto.INT32)
+    graph.node("Shape", [ids], ["batch"], start=0, end=1)
     x = "x0"
     for layer in range(config.layers):
         x, last_states = lstm_layer(graph, tensors, layer, directions, config)
+    if config.segment_length:
+        x = joined_segments(graph, x, directions, config.hidden_size)
     pooled = pool(graph, config.pooling, x, last_states)  # (directions, batch, features)
     graph.node("Transpose", [pooled], ["pooled_by_text"], perm=[1, 0, 2])
     graph.node("Reshape", ["pooled_by_text", graph.constant("flat", np.array([0, -1], np.int64))], ["features"])
@@ -176,11 +179,54 @@ def lstm_layer(graph: Graph, tensors: dict, layer: int, directions: int, config)
     return f"x{layer + 1}", f"Y_h{layer}"
 
 
+def segments(graph: Graph, length: int) -> tuple[str, str]:
+    """model.segments on the token ids: (batch * segments, width) ids and each segment's own length, cut at
+    multiples of `length` (width = min(time, length))."""
+    constant = graph.constant
+    graph.node("Shape", ["input_ids"], ["text_width"], start=1, end=2)
+    graph.node("Min", ["text_width", constant("segment_length", np.array([length], np.int64))], ["segment_width"])
+    graph.node("Sub", ["segment_width", constant("segment_one", np.array([1], np.int64))], ["segment_width_less_one"])
+    graph.node("Add", ["text_width", "segment_width_less_one"], ["text_width_rounded_up"])
+    graph.node("Div", ["text_width_rounded_up", "segment_width"], ["segment_count"])
+    graph.node("Mul", ["segment_count", "segment_width"], ["segmented_width"])
+    graph.node("Sub", ["segmented_width", "text_width"], ["segment_padding"])
+    graph.node("Concat", [constant("segment_no_padding", np.array([0, 0, 0], np.int64)), "segment_padding"],
+               ["segment_pads"], axis=0)
+    graph.node("Pad", ["input_ids", "segment_pads"], ["padded_ids"])
+    graph.node("Concat", [constant("segment_rows", np.array([-1], np.int64)), "segment_width"], ["segment_shape"],
+               axis=0)
+    graph.node("Reshape", ["padded_ids", "segment_shape"], ["segment_ids"])
+    graph.node("Squeeze", ["segment_count"], ["segment_count_scalar"])
+    graph.node("Range", [constant("segment_zero", np.array(0, np.int64)), "segment_count_scalar",
+                         constant("segment_step", np.array(1, np.int64))], ["segment_numbers"])
+    graph.node("Mul", ["segment_numbers", "segment_width"], ["segment_starts"])
+    graph.node("Unsqueeze", ["lengths", constant("segment_length_axes", np.array([1], np.int64))],
+               ["text_lengths"])
+    graph.node("Sub", ["text_lengths", "segment_starts"], ["left_from_start"])  # (batch, segments)
+    graph.node("Max", ["left_from_start", constant("segment_floor", np.array(0, np.int64))], ["left_or_zero"])
+    graph.node("Min", ["left_or_zero", "segment_width"], ["segment_lengths_by_text"])
+    graph.node("Reshape", ["segment_lengths_by_text", constant("segment_flat", np.array([-1], np.int64))],
+               ["segment_lengths"])
+    return "segment_ids", "segment_lengths"
+
+
+def joined_segments(graph: Graph, outputs: str, directions: int, hidden: int) -> str:
+    """The top layer's outputs (width, directions, batch * segments, hidden) back to one row per text:
+    (segments * width, directions, batch, hidden), segment k's position j at k * width + j."""
+    graph.node("Transpose", [outputs], ["segment_outputs"], perm=[2, 0, 1, 3])
+    graph.node("Shape", ["input_ids"], ["texts"], start=0, end=1)
+    graph.node("Concat", ["texts", graph.constant("joined_tail", np.array([-1, directions, hidden], np.int64))],
+               ["joined_shape"], axis=0)
+    graph.node("Reshape", ["segment_outputs", "joined_shape"], ["joined_by_text"])
+    graph.node("Transpose", ["joined_by_text"], ["joined"], perm=[1, 2, 0, 3])
+    return "joined"
+
+
 def pool(graph: Graph, pooling: str, outputs: str, last_states: str) -> str:
     """The top layer's outputs (time, directions, batch, hidden) pooled over each text's own positions."""
     if pooling == "last":  # the state after each direction has read the whole text
         return last_states
-    graph.node("Shape", ["input_ids"], ["time"], start=1, end=2)
+    graph.node("Shape", [outputs], ["time"], start=0, end=1)
     graph.node("Squeeze", ["time"], ["time_scalar"])
     graph.node("Range", [graph.constant("zero", np.array(0, np.int64)), "time_scalar",
                          graph.constant("one", np.array(1, np.int64))], ["steps"])

@@ -32,6 +32,9 @@ SHAPES = [  # every pooling; bi- and unidirectional; 1 and 2 layers; learned ini
     dict(bidirectional=False, layers=1, pooling="mean-max"),
     dict(bidirectional=False, layers=1, pooling="max", init_state="learned"),
     dict(bidirectional=False, layers=2, pooling="mean", bias=False),
+    # long texts read in segments (--segment-length), each direction within each segment's own length
+    dict(bidirectional=True, layers=2, pooling="mean-max", segment_length=8, init_state="learned"),
+    dict(bidirectional=False, layers=1, pooling="max", segment_length=5),
 ]
 TEXTS = [row["text"] for row in make_rows(40, seed=7)] + ["great", "", "awful " * 60]
 
