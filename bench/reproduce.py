@@ -56,6 +56,14 @@ PRETRAINED = {
 SELF_TRAINED = {
     "imdb-1k": ("imdb", "1k labels + the other IMDB train texts, self-trained", "recipes/imdb.toml",
                 ["--max-train-samples", "1000", "--epochs", "20", "--unlabeled", "../shared/datasets/imdb"], 0.85, 1000),
+    "imdb-1k-at": ("imdb", "1k labels + the other IMDB train texts, self-trained with adversarial training",
+                   "recipes/imdb.toml", ["--max-train-samples", "1000", "--epochs", "20", "--unlabeled",
+                                         "../shared/datasets/imdb", "--adversarial", "at", "--adversarial-epsilon", "5"],
+                   0.85, 1000),
+    "imdb": ("imdb", "all labels + unlabelled IMDB reviews, self-trained", "recipes/imdb.toml",
+             ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"], 0.935, None),
+    "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB reviews, self-trained", "recipes/rotten_tomatoes.toml",
+                        ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"], 0.82, None),
 }
 
 
