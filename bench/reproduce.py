@@ -44,9 +44,11 @@ JSON = ROOT / "bench" / "reproduce.json"
 # reviews (recipes/imdb-lm.toml; never its test reviews), then a classifier fine-tuned from it with
 # `train --init-from`. name -> (set, setting, recipe, train flags beside --config, goal, labelled rows (None: all))
 LM_RECIPE, LM_RUN = "recipes/imdb-lm.toml", "runs/recipes/imdb-lm"
+FEW_LABELS = ["--max-train-samples", "1000", "--epochs", "20"]  # the label-efficiency rows: 1,000 IMDB labels
+IMDB_REVIEWS = ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"]
+OTHER_IMDB_TRAIN_TEXTS = ["--unlabeled", "../shared/datasets/imdb"]  # the train rows --max-train-samples leaves out
 PRETRAINED = {
-    "imdb-1k": ("imdb", "1k labels + unlabelled IMDB text", "recipes/imdb.toml",
-                ["--max-train-samples", "1000", "--epochs", "20"], 0.85, 1000),
+    "imdb-1k": ("imdb", "1k labels + unlabelled IMDB text", "recipes/imdb.toml", FEW_LABELS, 0.85, 1000),
     "imdb": ("imdb", "all labels + unlabelled IMDB text", "recipes/imdb.toml", [], 0.935, None),
     "sst2": ("sst2", "+ unlabelled IMDB text", "recipes/sst2.toml", [], 0.87, None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB text", "recipes/rotten_tomatoes.toml", [], 0.82, None),
@@ -55,15 +57,14 @@ PRETRAINED = {
 # Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.
 SELF_TRAINED = {
     "imdb-1k": ("imdb", "1k labels + the other IMDB train texts, self-trained", "recipes/imdb.toml",
-                ["--max-train-samples", "1000", "--epochs", "20", "--unlabeled", "../shared/datasets/imdb"], 0.85, 1000),
+                [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS], 0.85, 1000),
     "imdb-1k-at": ("imdb", "1k labels + the other IMDB train texts, self-trained with adversarial training",
-                   "recipes/imdb.toml", ["--max-train-samples", "1000", "--epochs", "20", "--unlabeled",
-                                         "../shared/datasets/imdb", "--adversarial", "at", "--adversarial-epsilon", "5"],
-                   0.85, 1000),
-    "imdb": ("imdb", "all labels + unlabelled IMDB reviews, self-trained", "recipes/imdb.toml",
-             ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"], 0.935, None),
+                   "recipes/imdb.toml", [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS, "--adversarial", "at",
+                                         "--adversarial-epsilon", "5"], 0.85, 1000),
+    "imdb": ("imdb", "all labels + unlabelled IMDB reviews, self-trained", "recipes/imdb.toml", IMDB_REVIEWS, 0.935,
+             None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB reviews, self-trained", "recipes/rotten_tomatoes.toml",
-                        ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"], 0.82, None),
+                        IMDB_REVIEWS, 0.82, None),
 }
 
 
