@@ -7,9 +7,10 @@ and bench/reproduce.json (one row per row of RESULTS.md).
 Each recipe is trained from scratch through the command line a user would type, then evaluated on its
 set's test split with `lstmcli eval`; fastText (bigrams, 2 threads) is trained on the same splits in the
 same run, as the anchor. With several --seeds each recipe is trained once per seed and its row gives the
-mean test accuracy (each seed's in reproduce.json). The rows that also learn from unlabelled text pretrain
-one language model (recipes/imdb-lm.toml; a finished one is reused) and fine-tune each set from it, fastText
-learning from the same labelled rows; the self-trained rows run `train --unlabeled` (selftrain.py). Needs ../shared/datasets beside the checkout.
+mean test accuracy (each seed's in reproduce.json). The rows that also learn from unlabelled text run `lstmcli
+pretrain` on IMDB's reviews (word vectors; each pretraining recipe once, a finished run reused) and start each
+set from it with `train --init-from`, fastText learning from the same labelled rows; the self-trained rows run
+`train --unlabeled` (selftrain.py). Needs ../shared/datasets beside the checkout.
 """
 
 from __future__ import annotations
@@ -40,27 +41,32 @@ RECIPES = {
 }
 SETTING = "labels only"  # trained from scratch on the labelled train split: no pretrained vectors or outside text
 JSON = ROOT / "bench" / "reproduce.json"
-# Rows that also learn from unlabelled text: one language model, pretrained once on IMDB's train and unlabelled
-# reviews (recipes/imdb-lm.toml; never its test reviews), then a classifier fine-tuned from it with
-# `train --init-from`. name -> (set, setting, recipe, train flags beside --config, goal, labelled rows (None: all))
-LM_RECIPE, LM_RUN = "recipes/imdb-lm.toml", "runs/recipes/imdb-lm"
+# Rows that also learn from unlabelled text: word vectors pretrained on IMDB reviews (never its test reviews), then
+# a classifier started from them with `train --init-from`. name -> (set, setting, pretraining recipe, recipe,
+# train flags beside --config and --init-from, goal, labelled rows (None: all))
 FEW_LABELS = ["--max-train-samples", "1000", "--epochs", "20"]  # the label-efficiency rows: 1,000 IMDB labels
 IMDB_REVIEWS = ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"]
 OTHER_IMDB_TRAIN_TEXTS = ["--unlabeled", "../shared/datasets/imdb"]  # the train rows --max-train-samples leaves out
+ADVERSARIAL = ["--adversarial", "at", "--adversarial-epsilon", "5"]
+IMDB_VECTORS = "recipes/imdb-word-vectors.toml"  # IMDB's train and unlabelled reviews
+IMDB_TRAIN_VECTORS = "recipes/imdb-train-word-vectors.toml"  # IMDB's train reviews only
 PRETRAINED = {
-    "imdb-1k": ("imdb", "1k labels + unlabelled IMDB text", "recipes/imdb.toml", FEW_LABELS, 0.85, 1000),
-    "imdb": ("imdb", "all labels + unlabelled IMDB text", "recipes/imdb.toml", [], 0.935, None),
-    "sst2": ("sst2", "+ unlabelled IMDB text", "recipes/sst2.toml", [], 0.87, None),
-    "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB text", "recipes/rotten_tomatoes.toml", [], 0.82, None),
-    "sst5": ("sst5", "+ unlabelled IMDB text", "recipes/sst5-pretrained.toml", [], 0.46, None),
+    "imdb-1k": ("imdb", "1k labels + word vectors of the IMDB train texts, self-trained on them with adversarial "
+                "training", IMDB_TRAIN_VECTORS, "recipes/imdb.toml", [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS, *ADVERSARIAL],
+                0.85, 1000),
+    "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews", IMDB_VECTORS, "recipes/imdb.toml", [],
+             0.935, None),
+    "sst2": ("sst2", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst2.toml", [], 0.87, None),
+    "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews", IMDB_VECTORS,
+                        "recipes/rotten_tomatoes.toml", ["--freeze-embeddings"], 0.82, None),
+    "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", [], 0.46, None),
 }
 # Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.
 SELF_TRAINED = {
     "imdb-1k": ("imdb", "1k labels + the other IMDB train texts, self-trained", "recipes/imdb.toml",
                 [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS], 0.85, 1000),
     "imdb-1k-at": ("imdb", "1k labels + the other IMDB train texts, self-trained with adversarial training",
-                   "recipes/imdb.toml", [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS, "--adversarial", "at",
-                                         "--adversarial-epsilon", "5"], 0.85, 1000),
+                   "recipes/imdb.toml", [*FEW_LABELS, *OTHER_IMDB_TRAIN_TEXTS, *ADVERSARIAL], 0.85, 1000),
     "imdb": ("imdb", "all labels + unlabelled IMDB reviews, self-trained", "recipes/imdb.toml", IMDB_REVIEWS, 0.935,
              None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ unlabelled IMDB reviews, self-trained", "recipes/rotten_tomatoes.toml",
@@ -83,21 +89,22 @@ def reproduce(name: str, seeds: list[int]) -> dict:
 
 
 def reproduce_pretrained(name: str, seeds: list[int]) -> dict:
-    """The language model (pretrained once; a finished one is reused), then one recipe fine-tuned from it per
-    seed, and fastText on the same labelled rows."""
-    test_set, setting, recipe, flags, goal, labelled = PRETRAINED[name]
-    pretrain_command = ["pretrain", "--config", LM_RECIPE, "--output-dir", LM_RUN, "--auto-resume", "--quiet"]
+    """The pretraining recipe (run once; a finished run is reused), then one recipe started from it per seed, and
+    fastText on the same labelled rows."""
+    test_set, setting, pretraining, recipe, flags, goal, labelled = PRETRAINED[name]
+    pretrained_run = f"runs/recipes/{Path(pretraining).stem}"
+    pretrain_command = ["pretrain", "--config", pretraining, "--output-dir", pretrained_run, "--auto-resume", "--quiet"]
     print(f"{name}: lstmcli {' '.join(pretrain_command)}", flush=True)
     pretrained = lstmcli(*pretrain_command)
     if pretrained.returncode != 0:
         raise SystemExit(f"{name}: pretraining failed:\n{pretrained.stderr}")
-    lm_minutes = json.loads((ROOT / LM_RUN / "metrics.json").read_text())["train"]["seconds"] / 60
-    args = ["--config", recipe, "--init-from", LM_RUN, *flags]
+    pretrain_minutes = json.loads((ROOT / pretrained_run / "metrics.json").read_text())["train"]["seconds"] / 60
+    args = ["--config", recipe, "--init-from", pretrained_run, *flags]
     runs = [train_and_evaluate(f"{name}-pretrained", args, test_set, seed) for seed in seeds]
     for run in runs:
         run["commands"].insert(0, "lstmcli " + " ".join(pretrain_command[:-1]))
     anchor, trained_on = anchor_on_labels(recipe, labelled, test_set, seeds[0])
-    return dict(row(test_set, setting, recipe, trained_on, goal, runs, anchor), pretrain_minutes=round(lm_minutes, 1))
+    return dict(row(test_set, setting, recipe, trained_on, goal, runs, anchor), pretrain_minutes=round(pretrain_minutes, 1))
 
 
 def reproduce_self_trained(name: str, seeds: list[int]) -> dict:
@@ -215,7 +222,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(RECIPES), help="labels-only recipes to run (with neither option: every row)")
     parser.add_argument("--pretrained", nargs="*", choices=list(PRETRAINED),
-                        help="rows fine-tuned from the pretrained language model")
+                        help="rows started from word vectors pretrained on IMDB reviews")
     parser.add_argument("--self-trained", nargs="*", choices=list(SELF_TRAINED),
                         help="rows self-trained on unlabelled text (train --unlabeled)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="train each recipe once per seed")

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from .config import CLASSIFIER_ONLY, NOT_TUNABLE, Config, option_name, read_recipe
+from .config import CLASSIFIER_ONLY, NOT_TUNABLE, PRETRAIN_ONLY, Config, option_name, read_recipe
 from .errors import Interrupted, UserError
 
 app = typer.Typer(help="Train, evaluate and run (Bi)LSTM text classifiers.", no_args_is_help=True,
@@ -36,7 +36,8 @@ Backend = Annotated[Literal["auto", "torch", "onnx"], typer.Option(
     help="Where the model runs: onnx (the run's lstmcli export, in ONNX Runtime, without importing torch), "
          "torch, or auto (onnx when the run has a current export, else torch).")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error.")]
-GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", training="Training", runtime="Runtime")
+GROUP_TITLES = dict(data="Data", tokenizer="Tokenizer", model="Model", pretraining="Pretraining", training="Training",
+                    runtime="Runtime")
 
 
 def with_settings(command=None, *, without: tuple[str, ...] = ()):
@@ -89,7 +90,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bar or status 
 
 
 @app.command()
-@with_settings
+@with_settings(without=PRETRAIN_ONLY)
 def train(settings: dict, config: Recipe = None, resume: Resume = False, auto_resume: AutoResume = False,
           overwrite: Overwrite = False, quiet: Quiet = False, debug: Debug = False):
     """Train a classifier and write its run directory (model, tokenizer, config, metrics)."""
@@ -106,16 +107,16 @@ def train(settings: dict, config: Recipe = None, resume: Resume = False, auto_re
 @with_settings(without=CLASSIFIER_ONLY)
 def pretrain(settings: dict, config: Recipe = None, resume: Resume = False, auto_resume: AutoResume = False,
              overwrite: Overwrite = False, quiet: Quiet = False, debug: Debug = False):
-    """Pretrain the embedding and (Bi)LSTM as a language model on unlabelled text; start a classifier from it
-    with lstmcli train --init-from."""
+    """Pretrain on unlabelled text: the embedding and (Bi)LSTM as a language model, or word vectors
+    (--objective); start a classifier from it with lstmcli train --init-from."""
     from .pretrain import pretrain as run_pretraining
     from .runtime import torchrun_env
 
     run_config, resume, overwrite = run_settings(config, settings, resume, auto_resume, overwrite)
     final = run_pretraining(run_config, resume=resume, overwrite=overwrite, quiet=quiet)
     if torchrun_env()["rank"] == 0:
-        print(json.dumps(dict(validation_perplexity=final["validation"]["perplexity"],
-                              unigram_perplexity=final["unigram_perplexity"])))
+        print(json.dumps({f"validation_{name}": value for name, value in final["validation"].items()}
+                         | ({"unigram_perplexity": final["unigram_perplexity"]} if "unigram_perplexity" in final else {})))
 
 
 def run_settings(recipe_file: Path | None, settings: dict, resume: bool, auto_resume: bool, overwrite: bool

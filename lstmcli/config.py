@@ -24,7 +24,9 @@ CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_sampl
 # Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
 # model's): tune has no flags for them.
 NOT_TUNABLE = ("eval_every", "output_dir", "init_from", "unlabeled", "self_training_rounds",
-               "self_training_epochs")
+               "self_training_epochs", "objective", "window", "negatives")
+# Settings of what `lstmcli pretrain` learns, which a classifier has no use for: train has no flags for them.
+PRETRAIN_ONLY = ("objective", "window", "negatives")
 
 
 def setting(default, help: str, *, group: str, choices=None, low=None, high=None, flag=None,
@@ -102,9 +104,10 @@ class Config:
     dropout: float = setting(0.0, "Dropout between LSTM layers, as nn.LSTM applies it (no effect with "
                              "one layer).", group="model", low=0.0, high=0.99)
     embedding_dropout: float = setting(0.2, "Dropout on the embeddings.", group="model", low=0.0, high=0.99)
-    init_from: str | None = setting(None, "Start from a language model trained by lstmcli pretrain (its run "
-                                    "directory): its tokenizer, embedding and LSTM weights; the model flags "
-                                    "follow it.", group="model")
+    init_from: str | None = setting(None, "Start from a run of lstmcli pretrain (its directory). A language "
+                                    "model gives its tokenizer, embedding and LSTM weights, and the model flags "
+                                    "follow it; word vectors give the embedding of every word they know, and "
+                                    "add those words to the vocabulary.", group="model")
     embeddings: str | None = setting(None, "Pretrained word vectors to start from (GloVe, word2vec or fastText "
                                      ".vec text format): tokens they cover get their vector, the others a "
                                      "random one.", group="model")
@@ -120,6 +123,17 @@ class Config:
     segment_length: int = setting(0, "Read texts longer than this in segments of this many tokens, run side "
                                   "by side as one wide batch and pooled over the whole text (0: one pass "
                                   "over each text).", group="model", low=0, high=1_000_000)
+
+    # -- pretraining ------------------------------------------------------------------------------
+    objective: str = setting("language-model", "What lstmcli pretrain learns from the text: a language model (the "
+                             "embedding and (Bi)LSTM predict each next and previous word), or word-vectors (the "
+                             "embedding alone, by skip-gram with negative sampling: much faster, and what measured "
+                             "better for short texts).", group="pretraining",
+                             choices=("language-model", "word-vectors"))
+    window: int = setting(5, "Word vectors: each word predicts up to this many words on either side (a random "
+                          "width per word, as word2vec).", group="pretraining", low=1, high=50)
+    negatives: int = setting(5, "Word vectors: random words (by frequency^0.75) each word learns to tell from its "
+                             "real neighbours.", group="pretraining", low=1, high=100)
 
     # -- training ---------------------------------------------------------------------------------
     epochs: int = setting(10, "Passes over the training data.", group="training", low=1, resumable=True)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import checkpoint
+from . import checkpoint, wordvectors
 from .config import Config, option_name
 from .errors import UserError
 from .tokenizer import PAD_ID
@@ -100,43 +100,50 @@ class LanguageModel(nn.Module):
 # -- starting a classifier from a language model ------------------------------------------------------------
 
 def inherit(config: Config, given: dict) -> Config:
-    """`config` with the architecture and tokenizer of the language model that --init-from names; a flag the
-    user gave (`given`) that contradicts it is an error naming the flag."""
+    """`config` with what the pretrained run that --init-from names decides: a language model's architecture and
+    tokenizer, word vectors' embedding size. A flag the user gave (`given`) that contradicts it is an error
+    naming the flag."""
     directory = Path(config.init_from)
     record = read_record(directory)
     settings = record["settings"]
-    for name in ARCHITECTURE:
+    vectors = record["task"] == wordvectors.TASK
+    inherited = ("embed_dim",) if vectors else ARCHITECTURE
+    for name in inherited:
         if name in given and given[name] != settings[name]:
-            raise UserError(f"{option_name(name)} {given[name]!r} contradicts the language model in {directory} "
+            raise UserError(f"{option_name(name)} {given[name]!r} contradicts the {record['task']} run in {directory} "
                             f"({option_name(name)} {settings[name]!r}): drop the flag, or pretrain another model.")
-    if "tokenizer" in given:
+    if vectors and config.tokenizer != "wordlevel":
+        raise UserError(f"--tokenizer {config.tokenizer} cannot take the word vectors of {directory}, which are "
+                        "whole words: drop --tokenizer.")
+    if not vectors and "tokenizer" in given:
         raise UserError(f"--tokenizer cannot change with --init-from: the model's embeddings belong to the "
                         f"tokenizer of {directory}; drop --tokenizer.")
-    return replace(config, tokenizer=str(directory / checkpoint.TOKENIZER),
-                   **{name: settings[name] for name in ARCHITECTURE})
+    tokenizer = {} if vectors else dict(tokenizer=str(directory / checkpoint.TOKENIZER))
+    return replace(config, **tokenizer, **{name: settings[name] for name in inherited})
 
 
 def read_record(directory: Path) -> dict:
     record = checkpoint.read_json(directory / checkpoint.CONFIG, f"--init-from {directory} is not a run directory: "
                                                                  "pass the --output-dir of lstmcli pretrain.")
-    if record.get("format") != checkpoint.FORMAT or record.get("task") != TASK:
-        raise UserError(f"--init-from {directory} is not a language model (it is a "
+    if record.get("format") != checkpoint.FORMAT or record.get("task") not in (TASK, wordvectors.TASK):
+        raise UserError(f"--init-from {directory} is not a language model or word vectors (it is a "
                         f"{record.get('task', 'classifier') if record.get('format') == checkpoint.FORMAT else 'foreign'} "
                         "run): pass a run directory written by lstmcli pretrain.")
     return record
 
 
-def encoder_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    """The embedding and LSTM weights of a language model run, checked against its config.json."""
+def start_from(model: nn.Module, directory: str | Path, vocabulary: dict[str, int]) -> str:
+    """Copy what the pretrained run in `directory` learned into `model` (a classifier built with the settings
+    `inherit` gave): a language model's embedding and LSTM, or the vector of each word of `vocabulary` that the
+    word vectors know. Returns what was copied, for the run's log."""
     directory = Path(directory)
     record = read_record(directory)
     tensors = checkpoint.read_tensors(directory / checkpoint.WEIGHTS, record["weights"].get(checkpoint.WEIGHTS))
-    return {k: v for k, v in tensors.items() if k.startswith(("embedding.", "lstm."))}
-
-
-def start_from(model: nn.Module, directory: str | Path) -> None:
-    """Copy a language model's embedding and LSTM into `model` (a classifier built with the same flags)."""
-    tensors = encoder_weights(directory)
+    if record["task"] == wordvectors.TASK:
+        copied = wordvectors.start_from(model.embedding, vocabulary, directory, tensors)
+        return f"{copied:,} of {len(vocabulary):,} tokens start from the word vectors in {directory}"
+    tensors = {k: v for k, v in tensors.items() if k.startswith(("embedding.", "lstm."))}
     expected = {k: v for k, v in model.state_dict().items() if k in tensors or k.startswith(("embedding.", "lstm."))}
-    checkpoint.check_state_dict(tensors, expected, Path(directory) / checkpoint.WEIGHTS)
+    checkpoint.check_state_dict(tensors, expected, directory / checkpoint.WEIGHTS)
     model.load_state_dict(tensors, strict=False)
+    return f"embedding and LSTM weights from the language model in {directory}"

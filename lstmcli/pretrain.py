@@ -1,8 +1,8 @@
-"""Pretraining a language model on unlabelled text, top to bottom.
+"""Pretraining on unlabelled text, top to bottom: a language model (lm.py) or word vectors (wordvectors.py).
 
     1. runtime and run directory         3. tokenizer, trained on the pretraining text
     2. text: the dataset's train split    4. tokenized text, cut into windows of --max-length tokens
-       and every --unlabeled source      5. the loop (loop.fit), validated by held-out perplexity
+       and every --unlabeled source      5. the loop (loop.fit), validated on a held-out share of the text
 
 The result is an ordinary run directory whose weights `lstmcli train --init-from` starts a classifier from.
 `pretrain(config)` is what `lstmcli pretrain` calls; tests call it directly.
@@ -16,12 +16,12 @@ import math
 import numpy as np
 import torch
 
-from . import checkpoint, distributed, loop
+from . import checkpoint, distributed, loop, wordvectors
 from .batching import epoch_plan, eval_plan
 from .config import Config
 from .data import RowCounts, texts_only
 from .errors import UserError
-from .lm import TASK, LanguageModel
+from .lm import LanguageModel
 from .model import count_parameters
 from .train import announce, claim_output_dir, describe_model, eval_batch_size, settle_tokenizer, start_run, \
     tokenize_split, write_record
@@ -65,39 +65,57 @@ def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overw
     record = checkpoint.run_record(config, None, tokenizer.get_vocab_size(), dict(
         fingerprint=sources.fingerprint, sources=sources.names, text_columns=sources.columns, tokens=tokens,
         splits=dict(train=f"{1 - config.val_fraction:g} of the text", validation=f"{config.val_fraction:g} of the "
-                    "text, held out by text hash")), task=TASK)
+                    "text, held out by text hash")), task=config.objective)
     record = write_record(out, tokenizer, record, saved, config, runtime)
 
     counts = distributed.sum_array(split["train"].encoded.token_counts(tokenizer.get_vocab_size()), runtime)
-    torch.manual_seed(config.seed)
-    model = LanguageModel(config, tokenizer.get_vocab_size(), counts).to(runtime.device)
-    report.say(f"model: {describe_model(config)} language model{'s (forward and backward)' if config.bidirectional else ''}, "
-               f"adaptive softmax over {tokenizer.get_vocab_size():,} tokens, {count_parameters(model):,} parameters")
+    model = pretrained_model(config, tokenizer.get_vocab_size(), counts, report).to(runtime.device)
     report.say(f"text: {tokens['train']:,} tokens to train on, {tokens['validation']:,} held out; windows of "
                f"{config.max_length} tokens")
-    objective = language_model_objective(model, split["train"].encoded.windows(config.max_length),
-                                         split["validation"].encoded.windows(config.max_length), config, runtime)
+    objective = text_objective(model, split["train"].encoded.windows(config.max_length),
+                               split["validation"].encoded.windows(config.max_length), config, runtime)
     outcome = loop.fit(objective, config, runtime, out, record, report, resume=resume, command="pretrain")
 
-    final = dict(validation=objective.validate(outcome.kept).best, best=outcome.position["best"],
-                 unigram_perplexity=unigram_perplexity(
-                     counts, split["validation"].encoded.token_counts(tokenizer.get_vocab_size()), runtime),
+    validation = objective.validate(outcome.kept)
+    final = dict(validation=validation.best, best=outcome.position["best"],
                  train=dict(tokens=tokens["train"], steps=outcome.position["step"], seconds=outcome.seconds))
+    summary = validation.summary
+    if isinstance(model, LanguageModel):
+        final["unigram_perplexity"] = unigram_perplexity(
+            counts, split["validation"].encoded.token_counts(tokenizer.get_vocab_size()), runtime)
+        summary += f" (unigram {final['unigram_perplexity']:.1f})"
     if runtime.is_main:
         checkpoint.write_json(out / checkpoint.METRICS, final)
         checkpoint.remove_cache(out)
-        report.say(f"done in {outcome.seconds:.0f}s: validation perplexity {final['validation']['perplexity']:.1f} "
-                   f"(unigram {final['unigram_perplexity']:.1f}); fine-tune it with lstmcli train --init-from {out}")
+        report.say(f"done in {outcome.seconds:.0f}s: {summary}; start a classifier from it with lstmcli train "
+                   f"--init-from {out}")
     distributed.barrier(runtime)
     return final
 
 
-# -- the objective --------------------------------------------------------------------------------------
+# -- the model and its objective --------------------------------------------------------------------------
 
-def language_model_objective(model: LanguageModel, train, validation, config: Config, runtime) -> loop.Objective:
-    """Predict every next word (and, bidirectional, every previous one) of the windows of text; validated by
-    perplexity on the held-out share."""
+def pretrained_model(config: Config, vocab_size: int, counts: np.ndarray, report) -> torch.nn.Module:
+    """The --objective's model, seeded: a language model, or word vectors."""
+    torch.manual_seed(config.seed)
+    if config.objective == wordvectors.TASK:
+        model = wordvectors.SkipGram(config, vocab_size, counts)
+        report.say(f"model: {config.embed_dim}-dimensional word vectors of {vocab_size:,} tokens by skip-gram (each "
+                   f"word predicts up to {config.window} on either side, against {config.negatives} random words), "
+                   f"{count_parameters(model):,} parameters")
+        return model
+    model = LanguageModel(config, vocab_size, counts)
+    report.say(f"model: {describe_model(config)} language model{'s (forward and backward)' if config.bidirectional else ''}, "
+               f"adaptive softmax over {vocab_size:,} tokens, {count_parameters(model):,} parameters")
+    return model
+
+
+def text_objective(model: torch.nn.Module, train, validation, config: Config, runtime) -> loop.Objective:
+    """Minimise the model's loss per predicted word on the windows of text (a language model predicts every next
+    word, and bidirectional every previous one; word vectors every neighbour); validated on the held-out share,
+    as perplexity for a language model."""
     batches_per_epoch = distributed.max_int(-(-len(train) // config.batch_size), runtime)
+    perplexity = isinstance(model, LanguageModel)
 
     def plan(epoch: int) -> list:
         return epoch_plan(train.lengths, config.batch_size, config.bucket_size, config.seed, epoch, batches_per_epoch)
@@ -114,32 +132,37 @@ def language_model_objective(model: LanguageModel, train, validation, config: Co
 
     def progress(running: dict) -> tuple[float, str]:
         mean = running.get("loss", 0.0) / max(running.get("words", 0), 1)
-        return mean, f"loss {mean:.3f} ppl {math.exp(min(mean, 50)):.1f}"
+        return mean, f"loss {mean:.3f}" + (f" ppl {math.exp(min(mean, 50)):.1f}" if perplexity else "")
 
     def validate(kept) -> loop.Validation:
         mean = held_out_loss(kept, validation, eval_batch_size(config), runtime)
-        perplexity = math.exp(min(mean, 50))
-        return loop.Validation(-mean, dict(loss=mean, perplexity=perplexity),
-                               dict(val_loss=mean, val_perplexity=perplexity),
-                               f"validation perplexity {perplexity:.2f}")
+        if not perplexity:
+            return loop.Validation(-mean, dict(loss=mean), dict(val_loss=mean), f"validation loss {mean:.4f}")
+        value = math.exp(min(mean, 50))
+        return loop.Validation(-mean, dict(loss=mean, perplexity=value), dict(val_loss=mean, val_perplexity=value),
+                               f"validation perplexity {value:.2f}")
 
     # A batch without rare words leaves the adaptive softmax's tail clusters unused.
     return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate,
-                          skips_parameters=True)
+                          skips_parameters=perplexity)
 
 
 @torch.inference_mode()
-def held_out_loss(model: LanguageModel, encoded, batch_size: int, runtime) -> float:
-    """Mean negative log-likelihood per predicted word over every rank's held-out windows."""
+def held_out_loss(model: torch.nn.Module, encoded, batch_size: int, runtime) -> float:
+    """Mean negative log-likelihood per predicted word over every rank's held-out windows. Random draws (the
+    word vectors' negatives) come from a fixed seed: every evaluation scores alike, and training's random
+    numbers stay as they were."""
     was_training = model.training
     model.eval()
     total = np.zeros(2)
     try:
-        for rows in eval_plan(encoded.lengths, batch_size):
-            ids, lengths = encoded.batch(rows)
-            with runtime.autocast():
-                loss, count = model(ids.to(runtime.device), lengths.to(runtime.device))
-            total += (float(loss), count)
+        with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for rows in eval_plan(encoded.lengths, batch_size):
+                ids, lengths = encoded.batch(rows)
+                with runtime.autocast():
+                    loss, count = model(ids.to(runtime.device), lengths.to(runtime.device))
+                total += (float(loss), count)
     finally:
         model.train(was_training)
     total = distributed.sum_array(total, runtime)

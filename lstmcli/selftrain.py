@@ -131,7 +131,8 @@ def run_round(number: int, training: classifier.LabelledRows, labelled: classifi
     if intermediate:
         record = start_round_dir(directory, record, data.tokenizer, resuming, runtime)
     objective = classifier.classifier_objective(model, training, data, config, runtime)
-    objective = reading_unseen_words_as_unknown(objective, training, data.tokenizer, runtime)
+    if not config.init_from:  # pretrained words keep their meaning, whether or not the round's rows hold them
+        objective = reading_unseen_words_as_unknown(objective, training, data.tokenizer, runtime)
     outcome = loop.fit(objective, config, runtime, directory, record, report, resume=resuming, hooks=hooks)
     if intermediate and runtime.is_main:
         checkpoint.write_json(directory / checkpoint.METRICS, dict(

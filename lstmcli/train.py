@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from . import checkpoint, distributed, lm, loop, regularize, selftrain, tokenized
+from . import checkpoint, distributed, lm, loop, regularize, selftrain, tokenized, wordvectors
 from .batching import balanced_subset, epoch_plan
 from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
@@ -157,8 +157,7 @@ def build_model(data: PreparedData, config: Config, runtime: Runtime, report: Re
         report.say(f"embeddings: {copied:,} of {data.tokenizer.get_vocab_size():,} tokens start from "
                    f"{config.embeddings}")
     if config.init_from and not resume:
-        lm.start_from(model, config.init_from)
-        report.say(f"init: embedding and LSTM weights from the language model in {config.init_from}")
+        report.say(f"init: {lm.start_from(model, config.init_from, data.tokenizer.get_vocab())}")
     model.embedding.weight.requires_grad_(not config.freeze_embeddings)
     return model
 
@@ -356,8 +355,8 @@ def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Pa
                      trained_on: str, training_texts, more_texts=None) -> object:
     """The run's tokenizer: its own when resuming, else trained on `training_texts()` (on the first process,
     then shared), else the tokenizer.json (or Hub tokenizer) that --tokenizer names. A word-level vocabulary
-    with room left takes the most frequent words of `more_texts()` (unlabelled text) too; subword tokenizers
-    already spell words they have not seen."""
+    with room left takes the most frequent words of `more_texts()` (unlabelled text) too (subword tokenizers
+    already spell words they have not seen), and every word of the word vectors that --init-from names."""
     if saved is not None:
         return tokenizer_from_json((out / checkpoint.TOKENIZER).read_text(encoding="utf-8"),
                                    str(out / checkpoint.TOKENIZER))
@@ -374,6 +373,9 @@ def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Pa
                                                                  config.min_frequency, config.lowercase),
                                         config.vocab_size)
             trained_on += " and the unlabelled text's most frequent other words"
+        if config.init_from and lm.read_record(Path(config.init_from))["task"] == wordvectors.TASK:
+            trained = wordvectors.vocabulary_with(trained, config.init_from)
+            trained_on += f" and every word of the word vectors in {config.init_from}"
         text = trained.to_str()
     tokenizer = tokenizer_from_json(distributed.broadcast_text(text, runtime), "the trained tokenizer")
     report.say(f"tokenizer: {config.tokenizer}, {tokenizer.get_vocab_size():,} tokens, trained on {trained_on}")

@@ -126,10 +126,10 @@ def test_max_train_samples_trains_on_that_many_rows(task, tmp_path, cli):
     assert json.loads((tmp_path / "few" / "metrics.json").read_text())["train"]["steps"] == 2
 
 
-def start_pretraining(task, out):
+def start_pretraining(task, out, flags):
     return subprocess.Popen(
         [sys.executable, "-m", "lstmcli", "pretrain", "--dataset", str(task / "unlabelled.jsonl"), "--output-dir",
-         str(out), *PRETRAIN_FLAGS], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         str(out), *flags], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**__import__("os").environ, **OFFLINE})
 
 
@@ -137,20 +137,20 @@ PRETRAIN_FLAGS = ["--embed-dim", "16", "--hidden-size", "16", "--batch-size", "4
                   "--min-frequency", "1", "--save-every", "25", "--bidirectional", "--max-length", "8", "--quiet"]
 
 
-def test_pretrain_resumes_byte_exactly_after_kill_9(task, tmp_path):
+@pytest.mark.parametrize("objective", ["language-model", "word-vectors"])
+def test_pretrain_resumes_byte_exactly_after_kill_9(task, tmp_path, objective):
     from test_resume import wait_for_saved_step
 
+    flags = [*PRETRAIN_FLAGS, "--objective", objective]
     whole = tmp_path / "whole"
-    assert run_cli("pretrain", "--dataset", task / "unlabelled.jsonl", "--output-dir", whole,
-                   *PRETRAIN_FLAGS).returncode == 0
+    assert run_cli("pretrain", "--dataset", task / "unlabelled.jsonl", "--output-dir", whole, *flags).returncode == 0
     out = tmp_path / "killed"
-    process = start_pretraining(task, out)
+    process = start_pretraining(task, out, flags)
     wait_for_saved_step(out, 100, process)
     process.kill()
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    resumed = run_cli("pretrain", "--resume", "--dataset", task / "unlabelled.jsonl", "--output-dir", out,
-                      *PRETRAIN_FLAGS)
+    resumed = run_cli("pretrain", "--resume", "--dataset", task / "unlabelled.jsonl", "--output-dir", out, *flags)
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "model.safetensors").read_bytes() == (whole / "model.safetensors").read_bytes()
     metrics = [json.loads((r / "metrics.json").read_text()) for r in (out, whole)]
