@@ -58,7 +58,7 @@ PRETRAINED = {
              0.935, None),
     "sst2": ("sst2", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst2.toml", [], 0.87, None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews", IMDB_VECTORS,
-                        "recipes/rotten_tomatoes.toml", ["--freeze-embeddings"], 0.82, None),
+                        "recipes/rotten_tomatoes.toml", [], 0.82, None),
     "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", [], 0.46, None),
 }
 # Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.

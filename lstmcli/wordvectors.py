@@ -13,6 +13,7 @@ word's row is copied by the word, not by its id (`start_from`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,9 @@ def start_from(embedding: nn.Embedding, vocabulary: dict[str, int], directory: s
     pairs = [(index, known[word]) for word, index in vocabulary.items() if word in known and index != PAD_ID]
     rows, sources = (torch.tensor(column, dtype=torch.long) for column in zip(*pairs)) if pairs else \
         (torch.zeros(0, dtype=torch.long),) * 2
+    # At the scale of a new embedding's rows (norm sqrt(dim)), which every recipe's learning rate, dropout and
+    # adversarial epsilon were tuned for; skip-gram's own vectors are several times shorter.
+    scale = math.sqrt(vectors.shape[1]) / vectors[PAD_ID + 1:].norm(dim=1).mean().clamp_min(1e-12)
     with torch.no_grad():
-        embedding.weight[rows] = vectors[sources].to(embedding.weight)
+        embedding.weight[rows] = (vectors[sources] * scale).to(embedding.weight)
     return len(pairs)
