@@ -127,8 +127,8 @@ class Config:
     # -- pretraining ------------------------------------------------------------------------------
     objective: str = setting("language-model", "What lstmcli pretrain learns from the text: a language model (the "
                              "embedding and (Bi)LSTM predict each next and previous word), or word-vectors (the "
-                             "embedding alone, by skip-gram with negative sampling: much faster, and what measured "
-                             "better for short texts).", group="pretraining",
+                             "embedding alone, by skip-gram with negative sampling: minutes instead of hours, and "
+                             "what measured better here).", group="pretraining",
                              choices=("language-model", "word-vectors"))
     window: int = setting(5, "Word vectors: each word predicts up to this many words on either side (a random "
                           "width per word, as word2vec).", group="pretraining", low=1, high=50)
