@@ -85,6 +85,10 @@ def choose_precision(requested: str, device: torch.device) -> torch.dtype | None
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
     if requested == "fp16":
         raise UserError("--precision fp16 needs a CUDA GPU: on CPU use bf16 or fp32.")
+    if requested == "bf16" and not cpu_has_bf16():
+        # oneDNN's LSTM has no bf16 kernel for such CPUs: torch fails deep inside the first batch.
+        raise UserError("--precision bf16 needs a CPU with AVX512-BF16 or AMX, and this one has neither: "
+                        "use --precision fp32 (or auto).")
     if requested == "bf16" or requested == "auto" and cpu_has_bf16():
         return torch.bfloat16
     return None

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import TINY, assert_one_line_error, make_rows, run_cli, write_jsonl
-from lstmcli.config import Config, option_name
+from lstmcli.config import PRETRAIN_ONLY, Config, option_name
 
 
 def test_help_of_every_command_in_a_new_process():
@@ -29,13 +29,18 @@ def test_console_script_and_module_both_run():
 
 
 def test_every_setting_is_a_flag_with_help(cli, monkeypatch):
+    """Every setting is a flag of train, but those of what pretrain learns, which are pretrain's only."""
     monkeypatch.setenv("COLUMNS", "250")
-    code, out, _ = cli("train", "--help")
-    assert code == 0
-    text = re.sub(r"[\s│]+", " ", out)
+    texts = {}
+    for command in ("train", "pretrain"):
+        code, out, _ = cli(command, "--help")
+        assert code == 0
+        texts[command] = re.sub(r"[\s│]+", " ", out)
     for field in dataclasses.fields(Config):
         flag = (field.metadata["flag"] or option_name(field.name)).split("/")[0]
-        assert flag in text, flag
+        pretraining = field.name in PRETRAIN_ONLY
+        assert flag in texts["pretrain" if pretraining else "train"], flag
+        assert pretraining != (flag in texts["train"]), flag
         assert len(field.metadata["help"]) > 15, field.name
 
 
@@ -82,7 +87,7 @@ def test_predict_inputs_and_json(tiny_run, tmp_path, cli):
     code, out, _ = cli("predict", "--model-dir", tiny_run, "--file", table, "--text-column", "review")
     assert code == 0 and out.startswith("positive\t")
 
-    result = run_cli("predict", "--model-dir", tiny_run, "-", input="superb\ndreadful\n")
+    result = run_cli("predict", "--model-dir", tiny_run, "-", input="superb wonderful\ndreadful awful\n")
     assert result.returncode == 0 and [l.split("\t")[0] for l in result.stdout.splitlines()] == \
         ["positive", "negative"]
 

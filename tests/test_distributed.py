@@ -125,6 +125,10 @@ def test_device_selection_with_and_without_cuda(monkeypatch):
     assert runtime.choose_precision("fp32", torch.device("cuda:0")) is None
     with pytest.raises(UserError, match="needs a CUDA GPU"):
         runtime.choose_precision("fp16", torch.device("cpu"))
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.choose_precision("auto", torch.device("cpu")) is None
+    with pytest.raises(UserError, match="AVX512-BF16 or AMX"):
+        runtime.choose_precision("bf16", torch.device("cpu"))
 
 
 def test_threads_are_shared_among_local_processes(monkeypatch):

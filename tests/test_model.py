@@ -6,6 +6,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstmcli.config import Config
 from lstmcli.model import LSTMClassifier
+from lstmcli.runtime import cpu_has_bf16
 
 
 def padded_batch(lengths, vocab=50, seed=0):
@@ -80,6 +81,7 @@ def test_learned_initial_state_is_trained():
     assert model.h0.grad is not None and model.h0.grad.abs().sum() > 0
 
 
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 LSTM kernel (--precision bf16 refuses it)")
 def test_bf16_autocast_runs_and_stays_close_to_fp32():
     model = model_for(bidirectional=True)
     ids, lengths = padded_batch([5, 3, 7])
