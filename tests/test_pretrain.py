@@ -39,17 +39,20 @@ def reviews(count: int, words, seed: int) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
+def write_scarce_label_task(root):
     """40 labelled reviews that use 2 sentiment words per class, a test split that uses only the other 6, and
     unlabelled reviews that use all 8."""
-    root = tmp_path_factory.mktemp("scarce")
     seen, unseen, every = (lambda p: p[:2]), (lambda p: p[2:]), (lambda p: p)
     write_jsonl(root / "data" / "train.jsonl", reviews(40, seen, 1))
     write_jsonl(root / "data" / "validation.jsonl", reviews(40, seen, 2))
     write_jsonl(root / "data" / "test.jsonl", reviews(200, unseen, 3))
     write_jsonl(root / "unlabelled.jsonl", [{"text": r["text"]} for r in reviews(3000, every, 4)])
     return root
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return write_scarce_label_task(tmp_path_factory.mktemp("scarce"))
 
 
 @pytest.fixture(scope="module")

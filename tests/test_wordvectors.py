@@ -6,27 +6,19 @@ import math
 import pytest
 import torch
 
-from conftest import assert_one_line_error, write_jsonl
+from conftest import assert_one_line_error
 from lstmcli.checkpoint import read_tensors
 from lstmcli.config import Config
 from lstmcli.pretrain import pretrain
 from lstmcli.train import settings_for, train
-from test_pretrain import NEGATIVE, POSITIVE, SMALL, reviews
+from test_pretrain import NEGATIVE, POSITIVE, SMALL, reviews, write_scarce_label_task
 
 VECTORS = dict(objective="word-vectors", embed_dim=16, batch_size=16, threads=1, min_frequency=1, window=3)
 
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """40 labelled reviews that use 2 sentiment words per class, a test split that uses only the other 6, and
-    unlabelled reviews that use all 8 (as in test_pretrain)."""
-    root = tmp_path_factory.mktemp("scarce-vectors")
-    seen, unseen, every = (lambda p: p[:2]), (lambda p: p[2:]), (lambda p: p)
-    write_jsonl(root / "data" / "train.jsonl", reviews(40, seen, 1))
-    write_jsonl(root / "data" / "validation.jsonl", reviews(40, seen, 2))
-    write_jsonl(root / "data" / "test.jsonl", reviews(200, unseen, 3))
-    write_jsonl(root / "unlabelled.jsonl", [{"text": r["text"]} for r in reviews(3000, every, 4)])
-    return root
+    return write_scarce_label_task(tmp_path_factory.mktemp("scarce-vectors"))
 
 
 @pytest.fixture(scope="module")
