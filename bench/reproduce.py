@@ -55,9 +55,10 @@ PRETRAINED = {
                 IMDB_TRAIN_VECTORS, "recipes/imdb.toml", [*FEW_LABELS, *ADVERSARIAL], 0.85, 1000),
     "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews", IMDB_VECTORS, "recipes/imdb.toml", [],
              0.935, None),
-    "sst2": ("sst2", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst2.toml", [], 0.87, None),
-    "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews", IMDB_VECTORS,
-                        "recipes/rotten_tomatoes.toml", [], 0.82, None),
+    "sst2": ("sst2", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS, "recipes/sst2.toml",
+             ADVERSARIAL, 0.87, None),
+    "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS,
+                        "recipes/rotten_tomatoes.toml", ADVERSARIAL, 0.82, None),
     "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", [], 0.46, None),
 }
 # Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.
@@ -180,10 +181,14 @@ def train_and_evaluate(name: str, train_args: list[str], test_set: str, seed: in
 
 def merged(rows: list[dict]) -> list[dict]:
     """The new rows, and the rows of reproduce.json that they do not replace (other recipes, other settings),
-    in RECIPES order: `--only` reruns some rows and keeps the others."""
+    in RECIPES order: `--only` reruns some rows and keeps the others. A kept row must still be one this script
+    defines: a row whose setting was renamed or removed goes."""
     previous = json.loads(JSON.read_text()) if JSON.exists() else []
     fresh = {(r["recipe"], r["setting"]) for r in rows}
-    kept = [r for r in previous if (r.get("recipe"), r.get("setting")) not in fresh]
+    defined = ({(f"recipes/{name}.toml", SETTING) for name in RECIPES}
+               | {(recipe, setting) for _, setting, _, recipe, *_ in PRETRAINED.values()}
+               | {(recipe, setting) for _, setting, recipe, *_ in SELF_TRAINED.values()})
+    kept = [r for r in previous if (r.get("recipe"), r.get("setting")) in defined - fresh]
     order = {f"recipes/{name}.toml": i for i, name in enumerate(RECIPES)}
     return sorted(kept + rows, key=lambda r: (r["setting"] != SETTING, order.get(r.get("recipe"), len(order))))
 

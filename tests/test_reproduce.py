@@ -1,5 +1,5 @@
 """make reproduce's code path on a tiny recipe: it trains, evaluates, runs fastText and writes RESULTS.md and
-bench/reproduce.json, keeping the rows it did not rerun."""
+bench/reproduce.json, keeping the rows it did not rerun (and dropping those it no longer defines)."""
 
 import json
 import sys
@@ -24,15 +24,17 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     other = dict(set="imdb", setting="unlabelled text", accuracy=0.93, goal=0.93, fasttext=0.896, minutes=30.0,
                  command="lstmcli pretrain ...", recipe="recipes/imdb-pretrained.toml", trained_on="imdb/train",
                  macro_f1=0.93, train_minutes=29.0, fasttext_seconds=10.0, fasttext_settings="x", seeds={"0": 0.93})
-    (checkout / "bench" / "reproduce.json").write_text(json.dumps([other]))
+    renamed = dict(other, setting="a setting renamed since")  # a row the script no longer defines
+    (checkout / "bench" / "reproduce.json").write_text(json.dumps([other, renamed]))
     monkeypatch.setattr(reproduce, "ROOT", checkout)
     monkeypatch.setattr(reproduce, "SHARED", tmp_path / "shared" / "datasets")
     monkeypatch.setattr(reproduce, "JSON", checkout / "bench" / "reproduce.json")
     monkeypatch.setattr(reproduce, "RECIPES", {"tiny": ("tiny", 0.8)})
-    monkeypatch.setattr(reproduce, "PRETRAINED", {})
+    monkeypatch.setattr(reproduce, "PRETRAINED", {"imdb": ("imdb", "unlabelled text", "recipes/imdb-vectors.toml",
+                                                           "recipes/imdb-pretrained.toml", [], 0.93, None)})
     monkeypatch.setattr(reproduce, "SELF_TRAINED", {"tiny": ("tiny", "self-trained", "recipes/tiny.toml", [
         "--max-train-samples", "60", "--unlabeled", "../shared/datasets/tiny", "--self-training-rounds", "1"], 0.8, 60)})
-    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--seeds", "0", "1"])
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--only", "tiny", "--self-trained", "tiny", "--seeds", "0", "1"])
 
     reproduce.main()
 
