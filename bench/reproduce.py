@@ -53,8 +53,8 @@ IMDB_TRAIN_VECTORS = "recipes/imdb-train-word-vectors.toml"  # IMDB's train revi
 PRETRAINED = {
     "imdb-1k": ("imdb", "1k labels + word vectors of the IMDB train texts, with adversarial training",
                 IMDB_TRAIN_VECTORS, "recipes/imdb.toml", [*FEW_LABELS, *ADVERSARIAL], 0.85, 1000),
-    "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews", IMDB_VECTORS, "recipes/imdb.toml", [],
-             0.935, None),
+    "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews, with adversarial training", IMDB_VECTORS,
+             "recipes/imdb.toml", ADVERSARIAL, 0.935, None),
     "sst2": ("sst2", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS, "recipes/sst2.toml",
              ADVERSARIAL, 0.87, None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS,
