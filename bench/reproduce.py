@@ -42,23 +42,24 @@ RECIPES = {
 SETTING = "labels only"  # trained from scratch on the labelled train split: no pretrained vectors or outside text
 JSON = ROOT / "bench" / "reproduce.json"
 # Rows that also learn from unlabelled text: word vectors pretrained on IMDB reviews (never its test reviews), then
-# a classifier started from them with `train --init-from`. name -> (set, setting, pretraining recipe, recipe,
-# train flags beside --config and --init-from, goal, labelled rows (None: all))
-FEW_LABELS = ["--max-train-samples", "1000", "--epochs", "20"]  # the label-efficiency rows: 1,000 IMDB labels
+# a classifier started from them with `train --init-from` (which adds adversarial training by default). name -> (set,
+# setting, pretraining recipe, recipe (None: the defaults, on the set's folder), train flags beside --config and
+# --init-from, goal, labelled rows (None: all))
+FEW_LABELS = ["--max-train-samples", "1000", "--epochs", "20"]  # the self-trained rows with 1,000 IMDB labels
 IMDB_REVIEWS = ["--unlabeled", "../shared/datasets/imdb/unsupervised.jsonl"]
 OTHER_IMDB_TRAIN_TEXTS = ["--unlabeled", "../shared/datasets/imdb"]  # the train rows --max-train-samples leaves out
 ADVERSARIAL = ["--adversarial", "at", "--adversarial-epsilon", "5"]
 IMDB_VECTORS = "recipes/imdb-word-vectors.toml"  # IMDB's train and unlabelled reviews
 IMDB_TRAIN_VECTORS = "recipes/imdb-train-word-vectors.toml"  # IMDB's train reviews only
 PRETRAINED = {
-    "imdb-1k": ("imdb", "1k labels + word vectors of the IMDB train texts, with adversarial training",
-                IMDB_TRAIN_VECTORS, "recipes/imdb.toml", [*FEW_LABELS, *ADVERSARIAL], 0.85, 1000),
+    "imdb-1k": ("imdb", "1k labels + word vectors of the IMDB train texts, default flags", IMDB_TRAIN_VECTORS, None,
+                ["--max-train-samples", "1000"], 0.85, 1000),
     "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews, with adversarial training", IMDB_VECTORS,
-             "recipes/imdb.toml", ADVERSARIAL, 0.935, None),
+             "recipes/imdb.toml", [], 0.935, None),
     "sst2": ("sst2", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS, "recipes/sst2.toml",
-             ADVERSARIAL, 0.87, None),
+             [], 0.87, None),
     "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS,
-                        "recipes/rotten_tomatoes.toml", ADVERSARIAL, 0.82, None),
+                        "recipes/rotten_tomatoes.toml", [], 0.82, None),
     "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", [], 0.46, None),
 }
 # Rows that self-train on unlabelled text (`train --unlabeled`, selftrain.py), in the same shape.
@@ -99,7 +100,7 @@ def reproduce_pretrained(name: str, seeds: list[int]) -> dict:
     if pretrained.returncode != 0:
         raise SystemExit(f"{name}: pretraining failed:\n{pretrained.stderr}")
     pretrain_minutes = json.loads((ROOT / pretrained_run / "metrics.json").read_text())["train"]["seconds"] / 60
-    args = ["--config", recipe, "--init-from", pretrained_run, *flags]
+    args = [*settings_from(recipe, test_set), "--init-from", pretrained_run, *flags]
     runs = [train_and_evaluate(f"{name}-pretrained", args, test_set, seed) for seed in seeds]
     for run in runs:
         run["commands"].insert(0, "lstmcli " + " ".join(pretrain_command[:-1]))
@@ -116,10 +117,14 @@ def reproduce_self_trained(name: str, seeds: list[int]) -> dict:
     return row(test_set, setting, recipe, trained_on, goal, runs, anchor)
 
 
-def anchor_on_labels(recipe: str, labelled: int | None, test_set: str, seed: int) -> tuple[dict, str]:
+def settings_from(recipe: str | None, test_set: str) -> list[str]:
+    return ["--config", recipe] if recipe else ["--dataset", f"../shared/datasets/{test_set}"]
+
+
+def anchor_on_labels(recipe: str | None, labelled: int | None, test_set: str, seed: int) -> tuple[dict, str]:
     """fastText trained on the labelled rows a run used (with --max-train-samples, those the `seed` run chose),
     and a description of them."""
-    settings = tomllib.loads((ROOT / recipe).read_text())
+    settings = tomllib.loads((ROOT / recipe).read_text()) if recipe else {"dataset": f"../shared/datasets/{test_set}"}
     train_file = SHARED / Path(settings["dataset"]).name / "train.jsonl"
     if labelled:
         train_file = labelled_subset(train_file, labelled, settings.get("val_fraction", 0.1), seed)
@@ -142,7 +147,7 @@ def labelled_subset(train_file: Path, size: int, val_fraction: float, seed: int)
     return path
 
 
-def row(test_set: str, setting: str, recipe: str, trained_on: str, goal: float, runs: list[dict], anchor: dict) -> dict:
+def row(test_set: str, setting: str, recipe: str | None, trained_on: str, goal: float, runs: list[dict], anchor: dict) -> dict:
     def mean(key: str) -> float:
         return sum(r[key] for r in runs) / len(runs)
 
@@ -209,7 +214,8 @@ def write_results(rows: list[dict]) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['set']} | {r['setting']} | [`{r['recipe']}`]({r['recipe']}) | `{r['trained_on']}` | "
+        recipe = f"[`{r['recipe']}`]({r['recipe']})" if r["recipe"] else "none: defaults"
+        lines.append(f"| {r['set']} | {r['setting']} | {recipe} | `{r['trained_on']}` | "
                      f"{', '.join(r['seeds'])} | **{r['accuracy']:.4f}** | {r['macro_f1']:.4f} | {r['goal']:.3f} "
                      f"{'(met)' if r['accuracy'] >= r['goal'] else '(not met)'} | {r['train_minutes']:.1f} min | "
                      f"{r['minutes']:.1f} min{pretraining(r)} | {r['fasttext']:.4f} in {r['fasttext_seconds']:.1f} s | "

@@ -89,10 +89,12 @@ class Config:
                                  group="tokenizer", low=1)
     lowercase: bool = setting(True, "Lower-case text in a trained tokenizer (--no-lowercase keeps case).",
                               group="tokenizer", flag="--lowercase/--no-lowercase")
-    max_length: int = setting(256, "Tokens kept per text; longer texts are truncated (the count is "
-                              "reported).", group="tokenizer", low=1, high=1_000_000)
-    truncation: str = setting("head", "Which tokens of a longer text to keep: the first (head), the last "
-                              "(tail), or the first quarter and the last three quarters (head-tail).",
+    max_length: int = setting(512, "Tokens kept per text; longer texts are truncated (the count is "
+                              "reported). 512 reads 87% of IMDB's reviews whole.",
+                              group="tokenizer", low=1, high=1_000_000)
+    truncation: str = setting("head-tail", "Which tokens of a longer text to keep: the first (head), the last "
+                              "(tail), or the first quarter and the last three quarters (head-tail: where "
+                              "reviewers state their verdict).",
                               group="tokenizer", choices=("head", "tail", "head-tail"))
 
     # -- model ------------------------------------------------------------------------------------
@@ -152,9 +154,9 @@ class Config:
     ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
                          "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
     adversarial: str = setting("none", "Adversarial training: none, or at (also train on the embeddings "
-                               "pushed along the loss gradient; about 2x a step).", group="training",
-                               choices=("none", "at"))
-    adversarial_epsilon: float = setting(1.0, "Size (L2 norm per text) of the --adversarial at push.",
+                               "pushed along the loss gradient; about 2x a step). A classifier started "
+                               "from word vectors trains with at unless this says none.", group="training", choices=("none", "at"))
+    adversarial_epsilon: float = setting(5.0, "Size (L2 norm per text) of the --adversarial at push.",
                                          group="training", low=0.0, high=1000.0)
     self_training_rounds: int = setting(2, "With --unlabeled: how many students train, each from scratch on the "
                                         "labels and the previous model's most confident pseudo-labels of the "

@@ -30,16 +30,23 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     monkeypatch.setattr(reproduce, "SHARED", tmp_path / "shared" / "datasets")
     monkeypatch.setattr(reproduce, "JSON", checkout / "bench" / "reproduce.json")
     monkeypatch.setattr(reproduce, "RECIPES", {"tiny": ("tiny", 0.8)})
-    monkeypatch.setattr(reproduce, "PRETRAINED", {"imdb": ("imdb", "unlabelled text", "recipes/imdb-vectors.toml",
-                                                           "recipes/imdb-pretrained.toml", [], 0.93, None)})
+    (checkout / "recipes" / "tiny-vectors.toml").write_text(
+        'dataset = "../shared/datasets/tiny"\nobjective = "word-vectors"\nembed_dim = 16\nepochs = 2\nbatch_size = 16\n'
+        'min_frequency = 1\nthreads = 1\n')
+    monkeypatch.setattr(reproduce, "PRETRAINED", {
+        "imdb": ("imdb", "unlabelled text", "recipes/imdb-vectors.toml", "recipes/imdb-pretrained.toml", [], 0.93, None),
+        "tiny": ("tiny", "vectors, default flags", "recipes/tiny-vectors.toml", None, ["--max-train-samples", "60"],
+                 0.8, 60)})
     monkeypatch.setattr(reproduce, "SELF_TRAINED", {"tiny": ("tiny", "self-trained", "recipes/tiny.toml", [
         "--max-train-samples", "60", "--unlabeled", "../shared/datasets/tiny", "--self-training-rounds", "1"], 0.8, 60)})
-    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--only", "tiny", "--self-trained", "tiny", "--seeds", "0", "1"])
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "--only", "tiny", "--pretrained", "tiny", "--self-trained", "tiny",
+                                      "--seeds", "0", "1"])
 
     reproduce.main()
 
     rows = json.loads((checkout / "bench" / "reproduce.json").read_text())
-    assert sorted(r["setting"] for r in rows) == ["labels only", "self-trained", "unlabelled text"]
+    assert sorted(r["setting"] for r in rows) == ["labels only", "self-trained", "unlabelled text",
+                                                  "vectors, default flags"]
     row = rows[0]
     assert {"set", "setting", "accuracy", "goal", "fasttext", "minutes", "command"} <= row.keys()
     assert row["set"] == "tiny" and row["goal"] == 0.8 and set(row["seeds"]) == {"0", "1"}
@@ -53,3 +60,10 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
     assert self_trained["trained_on"] == "tiny/train (60 labels)" and set(self_trained["seeds"]) == {"0", "1"}
     assert "--unlabeled ../shared/datasets/tiny" in self_trained["command"]
     assert (checkout / "runs" / "recipes" / "tiny-self-trained" / "rounds" / "0" / "model.safetensors").exists()
+    pretrained = next(r for r in rows if r["setting"] == "vectors, default flags")
+    assert pretrained["recipe"] is None and pretrained["trained_on"] == "tiny/train (60 labels)"
+    assert pretrained["command"].startswith("lstmcli pretrain --config recipes/tiny-vectors.toml --output-dir "
+                                            "runs/recipes/tiny-vectors")
+    assert ("lstmcli train --dataset ../shared/datasets/tiny --init-from runs/recipes/tiny-vectors "
+            "--max-train-samples 60") in pretrained["command"]
+    assert pretrained["pretrain_minutes"] >= 0 and "none: defaults" in results
