@@ -49,7 +49,7 @@ def test_reproduce_writes_a_row_per_recipe_and_keeps_the_others(tmp_path, monkey
                                                   "vectors, default flags"]
     row = rows[0]
     assert {"set", "setting", "accuracy", "goal", "fasttext", "minutes", "command"} <= row.keys()
-    assert row["set"] == "tiny" and row["goal"] == 0.8 and set(row["seeds"]) == {"0", "1"}
+    assert row["set"] == "tiny" and row["goal"] == 0.8 and set(row["seeds"]) == set(row["validation"]) == {"0", "1"}
     assert row["accuracy"] == pytest.approx(sum(row["seeds"].values()) / 2, abs=1e-4)
     assert row["accuracy"] > 0.7 and 0 < row["fasttext"] <= 1 and row["minutes"] > 0
     assert row["command"].startswith("lstmcli train --config recipes/tiny.toml")
