@@ -118,13 +118,17 @@ def reproduce_self_trained(name: str, seeds: list[int]) -> dict:
 
 
 def settings_from(recipe: str | None, test_set: str) -> list[str]:
-    return ["--config", recipe] if recipe else ["--dataset", f"../shared/datasets/{test_set}"]
+    return ["--config", recipe] if recipe else ["--dataset", set_folder(test_set)]
+
+
+def set_folder(name: str) -> str:
+    return f"../shared/datasets/{name}"
 
 
 def anchor_on_labels(recipe: str | None, labelled: int | None, test_set: str, seed: int) -> tuple[dict, str]:
     """fastText trained on the labelled rows a run used (with --max-train-samples, those the `seed` run chose),
     and a description of them."""
-    settings = tomllib.loads((ROOT / recipe).read_text()) if recipe else {"dataset": f"../shared/datasets/{test_set}"}
+    settings = tomllib.loads((ROOT / recipe).read_text()) if recipe else {"dataset": set_folder(test_set)}
     train_file = SHARED / Path(settings["dataset"]).name / "train.jsonl"
     if labelled:
         train_file = labelled_subset(train_file, labelled, settings.get("val_fraction", 0.1), seed)
@@ -166,7 +170,7 @@ def train_and_evaluate(name: str, train_args: list[str], test_set: str, seed: in
     run = f"runs/recipes/{name}"
     train_command = ["train", *train_args, *(["--seed", str(seed)] if seed else []), "--output-dir", run,
                      "--overwrite", "--quiet"]
-    eval_command = ["eval", "--model-dir", run, "--dataset", f"../shared/datasets/{test_set}", "--split", "test",
+    eval_command = ["eval", "--model-dir", run, "--dataset", set_folder(test_set), "--split", "test",
                     "--json"]
     print(f"{name}: lstmcli {' '.join(train_command)}", flush=True)
     started = time.perf_counter()

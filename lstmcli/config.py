@@ -155,7 +155,8 @@ class Config:
                          "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
     adversarial: str = setting("none", "Adversarial training: none, or at (also train on the embeddings "
                                "pushed along the loss gradient; about 2x a step). A classifier started "
-                               "from word vectors trains with at unless this says none.", group="training", choices=("none", "at"))
+                               "from word vectors trains with at unless this says none.", group="training",
+                               choices=("none", "at"))
     adversarial_epsilon: float = setting(5.0, "Size (L2 norm per text) of the --adversarial at push.",
                                          group="training", low=0.0, high=1000.0)
     self_training_rounds: int = setting(2, "With --unlabeled: how many students train, each from scratch on the "
