@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint, distributed
 from .batching import prefetch, to_device
@@ -92,7 +92,7 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
     # With --ema, an exponential moving average of the weights is what gets validated and kept.
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
+    averaged = AveragedModel(model, multi_avg_fn=ema_warming_up(config.ema)) if config.ema else None
     kept = averaged.module if averaged else model
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
     trained = distributed.wrap(model, runtime, find_unused_parameters=objective.skips_parameters)
@@ -241,6 +241,20 @@ def learning_rate(step: int, total: int, warmup: int, config: Config) -> float:
     if config.schedule == "cosine":
         return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
     return config.lr * (1 - progress)
+
+
+def ema_warming_up(decay: float):
+    """AveragedModel's update for --ema: the decay grows as (1 + n) / (10 + n) up to `decay` (n: updates so
+    far), as TensorFlow's ExponentialMovingAverage with num_updates. A fixed decay keeps the random initial
+    weights in the average for long (with 0.995, a quarter of it after RT's first two epochs), so early
+    evaluations, and tune's pruner that reads them, judged EMA runs by a stale average."""
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        n = updates.item()
+        weight = 1 - min(decay, (1 + n) / (10 + n))
+        for mine, theirs in zip(averaged, current):
+            mine.lerp_(theirs, weight)
+    return update
 
 
 def patience_exhausted(position: dict, config: Config) -> bool:

@@ -115,6 +115,17 @@ def test_interrupt_and_resume_is_exact_with_ema_and_a_schedule(tmp_path, monkeyp
     assert record["settings"]["ema"] == 0.9 and record["settings"]["schedule"] == "cosine"
 
 
+def test_the_ema_follows_the_weights_early_and_averages_them_later():
+    update = loop_module.ema_warming_up(0.999)
+    averaged = [torch.zeros(3)]
+    for n in range(1, 101):  # the weights jump from 0 (the first update copies them) to 1 and stay
+        update(averaged, [torch.ones(3)], torch.tensor(n))
+    assert averaged[0].min() > 0.85  # a fixed 0.999 would still be at 0.1
+    before = averaged[0].clone()
+    update(averaged, [torch.full((3,), 101.0)], torch.tensor(1_000_000))  # long after: the decay asked for
+    assert torch.allclose(averaged[0], before + 0.001 * (101 - before))
+
+
 def test_quantized_predictions_agree_with_float_ones(tiny_run, cli):
     from lstmcli.predict import Predictor
 
