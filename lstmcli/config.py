@@ -152,7 +152,8 @@ class Config:
     grad_clip: float = setting(1.0, "Clip the gradient norm to this (0: no clipping).", group="training",
                                low=0.0)
     ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
-                         "decay per step (e.g. 0.999; 0: off).", group="training", low=0.0, high=0.99999)
+                         "decay per step (e.g. 0.999; 0: off), reached as (1+n)/(10+n) grows past it after n "
+                         "steps.", group="training", low=0.0, high=0.99999)
     adversarial: str = setting("none", "Adversarial training: none, or at (also train on the embeddings "
                                "pushed along the loss gradient; about 2x a step). A classifier started "
                                "from word vectors trains with at unless this says none.", group="training",
