@@ -311,7 +311,7 @@ def tune(
     quiet: Quiet = False,
     debug: Debug = False,
 ):
-    """Search the settings that suit a dataset within --budget (Optuna: TPE sampler, successive halving; trial 0 trains
+    """Search the settings that suit a dataset within --budget (Optuna: TPE sampler, percentile pruner; trial 0 trains
     the defaults). The flags given here stay fixed for every trial. Keeps the best trial's run in
     OUTPUT_DIR/best and its settings in OUTPUT_DIR/recipe.toml."""
     import time

@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli.config import Config
-from lstmcli.tune import DROPOUT, SPACE, default_params, parse_budget, pruner, recipes_params, settle, tune
+from lstmcli.tune import DROPOUT, SPACE, default_params, parse_budget, recipes_params, settle, tune
 
 BUDGET = 15
 # Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
@@ -70,32 +70,6 @@ def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
     assert recipes_params({}) == {**default_params({}), "bidirectional": True, "embedding_dropout": 0.5}
     assert recipes_params({"bidirectional": False}) == {**default_params({"bidirectional": False}),
                                                         "embedding_dropout": 0.5}
-
-
-def test_a_trial_is_judged_after_two_epochs_against_every_trial_that_got_there():
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=pruner(dict(batches_per_epoch=10)))
-
-    def stopped(curve: list[float]) -> int | None:
-        """The step at which the pruner stops a trial with these validation accuracies, one per 5 steps."""
-        trial = study.ask()
-        for step, accuracy in zip(range(5, 1000, 5), curve):
-            trial.report(accuracy, step)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return step
-        study.tell(trial, curve[-1])
-        return None
-
-    assert stopped([0.5, 0.6, 0.7, 0.8] + [0.85] * 8) is None  # the first past 2 epochs (step 20) and 6 (60)
-    assert stopped([0.1, 0.1, 0.1]) is None  # a poor start is not judged before two epochs
-    assert stopped([0.5, 0.6, 0.7, 0.7]) == 20  # below the best of two at step 20
-    assert stopped([0.5, 0.6, 0.7, 0.9] + [0.9] * 8) is None  # the best of three there, and at step 60
-    # Judged again at step 60 against the trials that got that far: 0.8 is not in the top third of 0.85, 0.9, 0.8.
-    assert stopped([0.5, 0.6, 0.7, 0.95] + [0.8] * 8) == 60
-    assert [t.state.name for t in study.trials].count("PRUNED") == 2
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
