@@ -250,10 +250,11 @@ def ema_warming_up(decay: float):
     evaluations, and tune's pruner that reads them, judged EMA runs by a stale average."""
     @torch.no_grad()
     def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        n = updates.item()
-        weight = 1 - min(decay, (1 + n) / (10 + n))
+        # Computed on the count's device: reading it (.item()) would make each CUDA step wait for the GPU.
+        n = updates.double()
+        weight = 1 - ((n + 1) / (n + 10)).clamp(max=decay)
         for mine, theirs in zip(averaged, current):
-            mine.lerp_(theirs, weight)
+            mine.lerp_(theirs, weight.to(mine.dtype))
     return update
 
 
