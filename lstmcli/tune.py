@@ -66,8 +66,10 @@ SPACE = {
 }
 DROPOUT = FloatDistribution(0.0, 0.5, step=0.1)  # between LSTM layers: searched only with two of them
 # Trial 1: what most recipes share (both directions, heavy dropout on the embeddings), a strong start on small
-# data that TPE's first random proposals seldom hit.
-RECIPES_SHARE = dict(bidirectional=True, embedding_dropout=0.5)
+# data that TPE's first random proposals seldom hit, with an average of the weights: on top of the other two,
+# --ema 0.99 raised mean validation accuracy over seeds 0/1/2 on all four sets tried (SST-5 +1.3 points,
+# SST-3 +0.3, Rotten Tomatoes +0.1, the SST-2 recipe +0.1).
+RECIPES_SHARE = dict(bidirectional=True, embedding_dropout=0.5, ema=0.99)
 
 
 def parse_budget(text: str) -> float:

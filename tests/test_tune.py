@@ -63,13 +63,14 @@ def test_search_keeps_within_budget_and_trial_0_is_the_defaults(searched):
     assert summary["defaults"]["validation"] == pytest.approx(float(rows[0]["validation_accuracy"]), abs=1e-4)
     assert summary["validation"] >= summary["defaults"]["validation"]  # never worse than the defaults
     if len(rows) > 1:  # trial 1 tries what the recipes share
-        assert (rows[1]["bidirectional"], rows[1]["embedding_dropout"]) == ("True", "0.5"), rows[1]
+        assert (rows[1]["bidirectional"], rows[1]["embedding_dropout"], rows[1]["ema"]) == ("True", "0.5", "0.99"), \
+            rows[1]
 
 
 def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
-    assert recipes_params({}) == {**default_params({}), "bidirectional": True, "embedding_dropout": 0.5}
+    assert recipes_params({}) == {**default_params({}), "bidirectional": True, "embedding_dropout": 0.5, "ema": 0.99}
     assert recipes_params({"bidirectional": False}) == {**default_params({"bidirectional": False}),
-                                                        "embedding_dropout": 0.5}
+                                                        "embedding_dropout": 0.5, "ema": 0.99}
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
