@@ -57,7 +57,7 @@ PRETRAINED = {
     "imdb": ("imdb", "all labels + word vectors of IMDB's unlabelled reviews, with adversarial training", IMDB_VECTORS,
              "recipes/imdb.toml", [], 0.935, None),
     "sst2": ("sst2", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS, "recipes/sst2.toml",
-             ["--epochs", "5"], 0.87, None),
+             ["--epochs", "5", "--ema", "0"], 0.87, None),  # measured before the recipe averaged its weights
     "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS,
                         "recipes/rotten_tomatoes.toml", [], 0.82, None),
     "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", [], 0.46, None),
