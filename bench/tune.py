@@ -29,15 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fasttext_anchor import prepare, read  # noqa: E402
+from reproduce import JSON as REPRODUCED, SETTING  # noqa: E402
 from run import ENV, ROOT, SHARED, cpu_name  # noqa: E402
 
 WORK = ROOT / "runs" / "bench-tune"
-# set -> (budget, what the tuned test accuracy is compared with: the recipe's mean over seeds 0/1/2 in RESULTS.md)
-SETS = {
-    "sst3": ("5m", "its defaults (trial 0)"),
-    "sst5": ("10m", "recipe 0.4376"),
-    "rotten_tomatoes": ("10m", "recipe 0.7967"),
-}
+SETS = {"sst3": "5m", "sst5": "10m", "rotten_tomatoes": "10m"}  # set -> budget
 SST3 = {0: "negative", 1: "negative", 2: "neutral", 3: "positive", 4: "positive"}
 
 
@@ -51,6 +47,13 @@ def dataset(name: str) -> Path:
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(dict(text=r["text"], label=SST3[r["label"]])) + "\n"
                                                        for r in rows))
     return folder
+
+
+def against(name: str) -> str:
+    """What the tuned test accuracy is compared with: the set's labels-only recipe as bench/reproduce.json last
+    measured it (the mean over its seeds), or the defaults where the set has no recipe."""
+    recipes = [r for r in json.loads(REPRODUCED.read_text()) if r["set"] == name and r["setting"] == SETTING]
+    return f"recipe {recipes[0]['accuracy']}" if recipes else "its defaults (trial 0)"
 
 
 def seconds(budget: str) -> int:
@@ -128,10 +131,10 @@ def main() -> None:
     results = json.loads(path.read_text()) if path.exists() else {}
     results["machine"] = f"{cpu_name()}, measured {time.strftime('%Y-%m-%d')}"
     for name in args.only or SETS:
-        budget, against = SETS[name]
+        budget = SETS[name]
         data = dataset(name)
         entry = results.setdefault(name, {})
-        entry.update(budget=budget, against=against)
+        entry.update(budget=budget, against=against(name))
         if args.part in (None, "lstmcli"):
             tuned = entry["lstmcli"] = lstmcli_tune(name, data, budget)
             path.write_text(json.dumps(results, indent=2) + "\n")
