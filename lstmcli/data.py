@@ -446,14 +446,10 @@ def _text_by_content(columns: list[str], sample: dict[str, list], exclude: str |
     lengths = {c: statistics.fmean(ls) for c in columns if c != exclude
                if (ls := _free_text_lengths(sample[c])) is not None}
     ranked = sorted(lengths, key=lengths.get, reverse=True)
-    if len(ranked) == 1 or len(ranked) > 1 and lengths[ranked[0]] >= TEXT_DOMINANCE * lengths[ranked[1]]:
+    if len(ranked) > 1 and lengths[ranked[0]] >= TEXT_DOMINANCE * lengths[ranked[1]]:
         return ranked[0]
-    if not ranked:
-        raise UserError(f"no text column found; the columns are: {', '.join(columns)}, and none holds free text. "
-                        "Name one with --text-column.")
-    described = ", ".join(f"{c} ({lengths[c]:.0f} characters on average)" for c in ranked)
-    raise UserError(f"several columns could be the text ({described}); the columns are: {', '.join(columns)}. "
-                    "Name one with --text-column.")
+    return _only_candidate("text", ranked, columns, "free text",
+                           {c: f"{lengths[c]:.0f} characters on average" for c in ranked})
 
 
 def _why_text(sample: dict[str, list], column: str) -> str:
@@ -477,14 +473,22 @@ def _label_by_content(columns: list[str], sample: dict[str, list], exclude: str 
     candidates = [c for c in columns if c != exclude and _few_values(sample[c])]
     varied = [c for c in candidates if len(set(sample[c])) > 1]
     pool = varied or candidates  # a file sorted by label may start with rows of one class only
-    if len(pool) == 1:
-        return pool[0]
-    if not pool:
-        raise UserError(f"no label column found; the columns are: {', '.join(columns)}, and none holds a few "
-                        "repeated values. Name one with --label-column.")
-    described = ", ".join(f"{c} ({len(set(sample[c]))} values)" for c in pool)
-    raise UserError(f"several columns could be the label ({described}); the columns are: {', '.join(columns)}. "
-                    "Name one with --label-column.")
+    return _only_candidate("label", pool, columns, "a few repeated values",
+                           {c: f"{len(set(sample[c]))} values" for c in pool})
+
+
+def _only_candidate(role: str, candidates: list[str], columns: list[str], what_it_holds: str,
+                    described: dict[str, str]) -> str:
+    """The one column that could play `role`, or a one-line error naming every column and the flag to use."""
+    if len(candidates) == 1:
+        return candidates[0]
+    flag = f"--{role}-column"
+    if not candidates:
+        raise UserError(f"no {role} column found; the columns are: {', '.join(columns)}, and none holds "
+                        f"{what_it_holds}. Name one with {flag}.")
+    several = ", ".join(f"{c} ({described[c]})" for c in candidates)
+    raise UserError(f"several columns could be the {role} ({several}); the columns are: {', '.join(columns)}. "
+                    f"Name one with {flag}.")
 
 
 def _why_label(sample: dict[str, list], column: str) -> str:
