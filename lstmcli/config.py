@@ -19,7 +19,7 @@ TOKENIZER_KINDS = ("wordlevel", "bpe", "wordpiece")
 # Settings of a classifier's labels, head and fine-tuning that a language model has no use for: `lstmcli
 # pretrain` has no flags for them.
 CLASSIFIER_ONLY = ("label_column", "label_names", "eval_split", "max_train_samples", "init_from", "pooling",
-                   "init_state", "embeddings", "freeze_embeddings", "class_weights", "truncation",
+                   "init_state", "embeddings", "freeze_embeddings", "class_weights", "ordinal_smoothing", "truncation",
                    "self_training_rounds", "self_training_epochs")
 # Settings `lstmcli tune` decides for its trials, or that would fix the model's shape (a pretrained language
 # model's): tune has no flags for them.
@@ -170,6 +170,10 @@ class Config:
     class_weights: str = setting("none", "Weight the loss by class: none, or auto (inverse class "
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))
+    ordinal_smoothing: float = setting(0.0, "For labels in order (star ratings; very negative to very positive): "
+                                       "move this share of each training target onto the classes next to it, "
+                                       "so a near miss costs less than a far one.", group="training",
+                                       low=0.0, high=0.9)
     bucket_size: int = setting(50, "Batches drawn together and sorted by length, so batches hold texts "
                                "of similar length (less padding); 1 turns bucketing off.",
                                group="training", low=1, high=100_000)

@@ -18,7 +18,6 @@ accuracy on every set.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from .config import Config
 from .runtime import Runtime
@@ -47,7 +46,7 @@ class Adversary:
         return None
 
     def loss(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
-             class_weights: torch.Tensor | None = None) -> torch.Tensor:
+             criterion) -> torch.Tensor:
         """The loss on embeddings pushed along the gradient of the last forward pass's loss: call it after
         that loss's backward(), and call backward() on what it returns."""
         gradient = self.embedded.grad
@@ -59,7 +58,7 @@ class Adversary:
                 logits = model(ids, lengths)
         finally:
             self.push = None
-        return F.cross_entropy(logits.float(), targets, weight=class_weights)
+        return criterion(logits, targets)
 
 
 def adversary(config: Config, model: torch.nn.Module, runtime: Runtime) -> Adversary | None:

@@ -179,16 +179,33 @@ def labelled_rows(data: PreparedData, config: Config, runtime: Runtime) -> Label
     return LabelledRows(data.train.encoded, data.train_classes, rows)
 
 
+def classification_loss(config: Config, classes: np.ndarray, num_classes: int, runtime: Runtime):
+    """Cross-entropy against each row's class, weighted by class with --class-weights auto, and against
+    targets spread onto the neighbouring classes with --ordinal-smoothing."""
+    weight = targets = None
+    if config.class_weights == "auto":
+        counts = distributed.sum_array(np.bincount(classes, minlength=num_classes), runtime)
+        weight = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
+                              device=runtime.device)
+    if config.ordinal_smoothing:
+        neighbours = torch.diag(torch.ones(num_classes - 1), 1) + torch.diag(torch.ones(num_classes - 1), -1)
+        targets = (1 - config.ordinal_smoothing) * torch.eye(num_classes) \
+            + config.ordinal_smoothing * neighbours / neighbours.sum(dim=1, keepdim=True)
+        targets = targets.to(runtime.device)
+
+    def loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), classes if targets is None else targets[classes.long()],
+                               weight=weight)
+
+    return loss
+
+
 def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: PreparedData, config: Config,
                          runtime: Runtime) -> loop.Objective:
     """Cross-entropy on the labelled rows, validated by accuracy on the validation split."""
     rows = training.rows
     lengths, classes = training.tokens.lengths[rows], training.classes[rows]
-    class_weights = None
-    if config.class_weights == "auto":
-        counts = distributed.sum_array(np.bincount(classes, minlength=len(data.labels.names)), runtime)
-        class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
-                                     device=runtime.device)
+    criterion = classification_loss(config, classes, len(data.labels.names), runtime)
     # Every rank takes the same number of steps per epoch, or DDP's all-reduce would wait forever.
     batches_per_epoch = distributed.max_int(-(-len(rows) // config.batch_size), runtime)
 
@@ -208,7 +225,7 @@ def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: Pr
     def loss(trained, tensors):
         ids, lengths, targets = tensors
         logits = trained(ids, lengths)
-        value = F.cross_entropy(logits.float(), targets, weight=class_weights)
+        value = criterion(logits, targets)
         return value, dict(loss=value.item() * len(targets), correct=int((logits.argmax(1) == targets).sum()),
                            seen=len(targets))
 
@@ -227,7 +244,7 @@ def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: Pr
     adversary = regularize.adversary(config, model, runtime)
 
     def adversarial_loss(trained, tensors):
-        return adversary.loss(trained, *tensors, class_weights)
+        return adversary.loss(trained, *tensors, criterion)
 
     return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate,
                           second_loss=adversarial_loss if adversary else None)

@@ -150,3 +150,29 @@ def test_auto_resume_resumes_a_state_and_replaces_only_an_unsaved_start(tmp_path
     assert restartable(tmp_path) == (False, False)
     (tmp_path / "resume.json").write_text("{}")
     assert restartable(tmp_path) == (True, False)
+
+
+def test_ordinal_smoothing_makes_a_near_miss_cost_less_than_a_far_one():
+    from lstmcli.runtime import setup
+    from lstmcli.train import classification_loss
+
+    runtime = setup("cpu", "fp32", 1)
+    classes = torch.tensor([2, 2])
+    near, far = torch.full((2, 5), -4.0), torch.full((2, 5), -4.0)
+    near[:, 1] = far[:, 4] = 4.0  # confidently wrong: one class away, three classes away
+    plain = classification_loss(Config(), classes.numpy(), 5, runtime)
+    assert plain(near, classes).item() == pytest.approx(plain(far, classes).item())
+    ordinal = classification_loss(Config(ordinal_smoothing=0.2), classes.numpy(), 5, runtime)
+    assert ordinal(near, classes).item() < ordinal(far, classes).item() - 0.5
+    # A class at either end gives all of the share to its one neighbour: the best logits put 0.8 / 0.2 there.
+    best = torch.log(torch.tensor([[0.8, 0.2, 1e-9, 1e-9, 1e-9]]))
+    worse = torch.log(torch.tensor([[0.9, 0.1, 1e-9, 1e-9, 1e-9]]))
+    assert ordinal(best, torch.tensor([0])).item() < ordinal(worse, torch.tensor([0])).item()
+
+
+def test_ordinal_smoothing_trains_and_is_range_checked(tmp_path, tiny_dataset, cli):
+    result = train(settings(tmp_path, tiny_dataset, ordinal_smoothing=0.2), quiet=True)
+    assert result["validation"]["accuracy"] > 0.7  # still learns the (two-class) task
+    code, _, err = cli("train", "--dataset", tiny_dataset, "--ordinal-smoothing", "1.5",
+                       "--output-dir", tmp_path / "bad")
+    assert code == 1 and "--ordinal-smoothing" in err and len(err.strip().splitlines()) == 1

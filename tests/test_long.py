@@ -81,7 +81,7 @@ def test_the_adversarial_loss_is_higher_than_the_clean_one_and_leaves_nothing_be
     targets = torch.tensor([0, 1, 2])
     clean = F.cross_entropy(model(ids, lengths), targets)
     clean.backward()
-    assert adversary.loss(model, ids, lengths, targets).item() > clean.item()
+    assert adversary.loss(model, ids, lengths, targets, F.cross_entropy).item() > clean.item()
     assert adversary.push is None and adversary.embedded is None  # nothing carried into the next step
     with torch.no_grad():
         evaluated = model.eval()(ids, lengths)
@@ -98,7 +98,7 @@ def test_adversarial_push_is_scaled_to_epsilon(frozen):
     model.embedding_dropout.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
     ids, lengths = padded_batch([6, 3, 9])
     F.cross_entropy(model(ids, lengths), torch.tensor([0, 1, 2])).backward()
-    adversary.loss(model, ids, lengths, torch.tensor([0, 1, 2]))
+    adversary.loss(model, ids, lengths, torch.tensor([0, 1, 2]), F.cross_entropy)
     clean, pushed = seen
     push = pushed - clean
     torch.testing.assert_close(push.pow(2).sum(dim=(1, 2)).sqrt(), torch.full((3,), 3.0))
