@@ -171,8 +171,9 @@ class Config:
                                  "frequency, for imbalanced data).", group="training",
                                  choices=("none", "auto"))
     ordinal_smoothing: float = setting(0.0, "For labels in order (star ratings; very negative to very positive): "
-                                       "move this share of each training target onto the classes next to it, "
-                                       "so a near miss costs less than a far one.", group="training",
+                                       "move this share of each training target onto the classes next to it in "
+                                       "class-id order (the sorted label values, or a Hub dataset's class "
+                                       "order), so a near miss costs less than a far one.", group="training",
                                        low=0.0, high=0.9)
     bucket_size: int = setting(50, "Batches drawn together and sorted by length, so batches hold texts "
                                "of similar length (less padding); 1 turns bucketing off.",
