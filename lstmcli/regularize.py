@@ -17,6 +17,8 @@ accuracy on every set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .config import Config
@@ -46,7 +48,7 @@ class Adversary:
         return None
 
     def loss(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
-             criterion) -> torch.Tensor:
+             criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The loss on embeddings pushed along the gradient of the last forward pass's loss: call it after
         that loss's backward(), and call backward() on what it returns."""
         gradient = self.embedded.grad

@@ -182,19 +182,19 @@ def labelled_rows(data: PreparedData, config: Config, runtime: Runtime) -> Label
 def classification_loss(config: Config, classes: np.ndarray, num_classes: int, runtime: Runtime):
     """Cross-entropy against each row's class, weighted by class with --class-weights auto, and against
     targets spread onto the neighbouring classes with --ordinal-smoothing."""
-    weight = targets = None
+    weight = soft_targets = None
     if config.class_weights == "auto":
         counts = distributed.sum_array(np.bincount(classes, minlength=num_classes), runtime)
         weight = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32,
                               device=runtime.device)
     if config.ordinal_smoothing:
         neighbours = torch.diag(torch.ones(num_classes - 1), 1) + torch.diag(torch.ones(num_classes - 1), -1)
-        targets = (1 - config.ordinal_smoothing) * torch.eye(num_classes) \
+        soft_targets = (1 - config.ordinal_smoothing) * torch.eye(num_classes) \
             + config.ordinal_smoothing * neighbours / neighbours.sum(dim=1, keepdim=True)
-        targets = targets.to(runtime.device)
+        soft_targets = soft_targets.to(runtime.device)
 
-    def loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), classes if targets is None else targets[classes.long()],
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets if soft_targets is None else soft_targets[targets.long()],
                                weight=weight)
 
     return loss
