@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli.config import Config
-from lstmcli.tune import DROPOUT, SPACE, default_params, parse_budget, recipes_params, settle, tune
+from lstmcli.tune import DEPENDENT, SPACE, default_params, parse_budget, recipes_params, settle, tune
 
 BUDGET = 15
 # Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
@@ -63,14 +63,25 @@ def test_search_keeps_within_budget_and_trial_0_is_the_defaults(searched):
     assert summary["defaults"]["validation"] == pytest.approx(float(rows[0]["validation_accuracy"]), abs=1e-4)
     assert summary["validation"] >= summary["defaults"]["validation"]  # never worse than the defaults
     if len(rows) > 1:  # trial 1 tries what the recipes share
-        assert (rows[1]["bidirectional"], rows[1]["embedding_dropout"], rows[1]["ema"]) == ("True", "0.5", "0.99"), \
-            rows[1]
+        assert [rows[1][name] for name in ("bidirectional", "embedding_dropout", "ema", "adversarial",
+                                           "adversarial_epsilon")] == ["True", "0.5", "0.99", "at", "2.0"], rows[1]
 
 
 def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
-    assert recipes_params({}) == {**default_params({}), "bidirectional": True, "embedding_dropout": 0.5, "ema": 0.99}
+    shared = {"bidirectional": True, "embedding_dropout": 0.5, "ema": 0.99, "adversarial": "at",
+              "adversarial_epsilon": 2.0}
+    assert recipes_params({}) == {**default_params({}), **shared}
     assert recipes_params({"bidirectional": False}) == {**default_params({"bidirectional": False}),
-                                                        "embedding_dropout": 0.5, "ema": 0.99}
+                                                        **{k: v for k, v in shared.items() if k != "bidirectional"}}
+    # A setting that acts only when another is on is left out when the user turned that one off ...
+    assert "adversarial_epsilon" not in recipes_params({"adversarial": "none"})
+    assert "adversarial_epsilon" not in default_params({}) and "dropout" not in default_params({})
+    # ... and starts at its default when the user turned it on.
+    assert default_params({"adversarial": "at", "layers": 2}) == {
+        **{k: v for k, v in default_params({}).items() if k not in ("adversarial", "layers")},
+        "dropout": Config.dropout, "adversarial_epsilon": Config.adversarial_epsilon}
+    assert recipes_params({"adversarial_epsilon": 3.0})["adversarial"] == "at"
+    assert "adversarial_epsilon" not in recipes_params({"adversarial_epsilon": 3.0})
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
@@ -145,7 +156,7 @@ def test_ctrl_c_keeps_the_best_so_far_and_resume_runs_the_interrupted_trial_firs
 
     tune({}, budget=room_for_a_trial(rows), output_dir=out, resume=True, quiet=True)
     rows = trials_of(out)
-    settings = list(SPACE) + ["dropout"]
+    settings = list(SPACE) + list(DEPENDENT)
     assert [rows[2][name] for name in settings] == [rows[1][name] for name in settings]
 
 
@@ -181,7 +192,7 @@ def test_bad_budget_output_dir_and_torchrun_are_one_line_errors(tmp_path, cli, m
 
 def test_search_space_holds_the_defaults_and_matches_the_readme():
     defaults = Config()
-    for name, distribution in {**SPACE, "dropout": DROPOUT}.items():
+    for name, distribution in {**SPACE, **{name: d for name, (_, _, d) in DEPENDENT.items()}}.items():
         default = getattr(defaults, name)
         if isinstance(distribution, CategoricalDistribution):
             assert default in distribution.choices, name
@@ -197,15 +208,17 @@ def space_table() -> str:
     from lstmcli.config import option_name
 
     rows = ["| flag | default (trial 0) | searched over |", "|---|---|---|"]
-    for name, distribution in {**SPACE, "dropout": DROPOUT}.items():
+    switches = {name: (switch, off) for name, (switch, off, _) in DEPENDENT.items()}
+    for name, distribution in {**SPACE, **{name: d for name, (_, _, d) in DEPENDENT.items()}}.items():
         if isinstance(distribution, CategoricalDistribution):
             values = ", ".join(f"`{v}`" for v in distribution.choices)
         else:
             scale = " (log scale)" if distribution.log else \
                 f" in steps of {distribution.step}" if isinstance(distribution, FloatDistribution) else ""
             values = f"`{distribution.low}` to `{distribution.high}`{scale}"
-        if name == "dropout":
-            values += ", with `--layers 2` only"
+        if name in switches:
+            switch, off = switches[name]
+            values += f", only where `{option_name(switch)}` is not `{off}`"
         rows.append(f"| `{option_name(name)}` | `{getattr(Config(), name)}` | {values} |")
     return "\n".join(rows)
 
