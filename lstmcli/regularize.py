@@ -24,17 +24,27 @@ import torch
 from .config import Config
 from .runtime import Runtime
 
+# The size of vat's first, probing push: small, so the gradient it yields shows the direction the predictions
+# are most sensitive to, yet far above float32's rounding at embeddings of norm ~1 per token.
+PROBE = 0.1
+
 
 class Adversary:
     """Watches the model's embeddings (after embedding dropout) through a forward hook: in a training
     forward pass it keeps them with their gradient; in the pass that `loss` runs, it adds the push."""
 
-    def __init__(self, model: torch.nn.Module, epsilon: float, runtime: Runtime):
-        self.epsilon = epsilon
-        self.runtime = runtime
+    def __init__(self, model: torch.nn.Module, epsilon: float, runtime: Runtime, virtual: bool = False):
+        self.model, self.epsilon, self.runtime, self.virtual = model, epsilon, runtime, virtual
         self.embedded: torch.Tensor | None = None
         self.push: torch.Tensor | None = None
+        self.clean_logits: torch.Tensor | None = None
         model.embedding_dropout.register_forward_hook(self._hook)
+        if virtual:
+            model.register_forward_hook(self._keep_logits)
+
+    def _keep_logits(self, module, inputs, output):
+        if module.training and torch.is_grad_enabled() and self.push is None:
+            self.clean_logits = output.detach().float()
 
     def _hook(self, module, inputs, output):
         if not (module.training and torch.is_grad_enabled()):
@@ -49,22 +59,50 @@ class Adversary:
 
     def loss(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
              criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The loss on embeddings pushed along the gradient of the last forward pass's loss: call it after
-        that loss's backward(), and call backward() on what it returns."""
+        """The loss on embeddings pushed along the gradient of the last forward pass's loss (at), or how far
+        the push that moves the predictions most moves them (vat): call it after that loss's backward(), and
+        call backward() on what it returns."""
+        if self.virtual:
+            return self.virtual_loss(model, ids, lengths)
         gradient = self.embedded.grad
         self.embedded = None
-        norm = gradient.float().pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
-        self.push = (self.epsilon * gradient / norm.clamp_min(1e-12)).to(gradient.dtype)
+        push = (self.epsilon * gradient / per_text_norm(gradient)).to(gradient.dtype)
+        return criterion(self.pushed_logits(model, ids, lengths, push), targets)
+
+    def virtual_loss(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """KL divergence of the predictions under the push from the clean pass's, the push found by one power
+        iteration from a random direction (labels are not used)."""
+        clean = self.clean_logits.softmax(-1)
+        direction = torch.randn(self.embedded.shape, device=self.embedded.device)
+        self.embedded, self.clean_logits = None, None
+        probe = (PROBE * direction / per_text_norm(direction)).requires_grad_()
+        # Through the bare model: under torchrun this pass's gradient must not reach DDP's reducer.
+        gradient, = torch.autograd.grad(divergence(self.pushed_logits(self.model, ids, lengths, probe), clean),
+                                        probe)
+        push = self.epsilon * gradient / per_text_norm(gradient)
+        return divergence(self.pushed_logits(model, ids, lengths, push), clean)
+
+    def pushed_logits(self, model: torch.nn.Module, ids: torch.Tensor, lengths: torch.Tensor,
+                      push: torch.Tensor) -> torch.Tensor:
+        self.push = push
         try:
             with self.runtime.autocast():
-                logits = model(ids, lengths)
+                return model(ids, lengths)
         finally:
             self.push = None
-        return criterion(logits, targets)
+
+
+def divergence(logits: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.kl_div(logits.float().log_softmax(-1), clean, reduction="batchmean")
+
+
+def per_text_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each text's embeddings (over positions and dimensions), kept for broadcasting."""
+    return x.float().pow(2).sum(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
 
 
 def adversary(config: Config, model: torch.nn.Module, runtime: Runtime) -> Adversary | None:
     """The adversary that --adversarial asks for, hooked into `model` (the bare model, not its DDP wrapper)."""
     if config.adversarial == "none":
         return None
-    return Adversary(model, config.adversarial_epsilon, runtime)
+    return Adversary(model, config.adversarial_epsilon, runtime, virtual=config.adversarial == "vat")
