@@ -154,12 +154,11 @@ class Config:
     ema: float = setting(0.0, "Validate and keep an exponential moving average of the weights, with this "
                          "decay per step (e.g. 0.999; 0: off), reached as (1+n)/(10+n) grows past it after n "
                          "steps.", group="training", low=0.0, high=0.99999)
-    adversarial: str = setting("none", "Adversarial training: none; at (also train on the embeddings "
-                               "pushed along the loss gradient; about 2x a step); or vat (virtual: keep the "
-                               "predictions where a push would move them most, no labels needed; about 3x). A "
-                               "classifier started from word vectors trains with at unless this says none.",
-                               group="training", choices=("none", "at", "vat"))
-    adversarial_epsilon: float = setting(5.0, "Size (L2 norm per text) of the --adversarial push.",
+    adversarial: str = setting("none", "Adversarial training: none, or at (also train on the embeddings "
+                               "pushed along the loss gradient; about 2x a step). A classifier started "
+                               "from word vectors trains with at unless this says none.", group="training",
+                               choices=("none", "at"))
+    adversarial_epsilon: float = setting(5.0, "Size (L2 norm per text) of the --adversarial at push.",
                                          group="training", low=0.0, high=1000.0)
     self_training_rounds: int = setting(2, "With --unlabeled: how many students train, each from scratch on the "
                                         "labels and the previous model's most confident pseudo-labels of the "
