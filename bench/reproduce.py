@@ -59,8 +59,8 @@ PRETRAINED = {
     "sst2": ("sst2", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS, "recipes/sst2.toml",
              ["--epochs", "5", "--ema", "0"], 0.87, None),  # measured before the recipe averaged its weights
     "rotten_tomatoes": ("rotten_tomatoes", "+ word vectors of IMDB reviews, with adversarial training", IMDB_VECTORS,
-                        "recipes/rotten_tomatoes.toml", [*ADVERSARIAL, "--weight-decay", "0.01"], 0.82, None),
-    # measured before the recipe took a smaller push and a larger weight decay
+                        "recipes/rotten_tomatoes.toml", [*ADVERSARIAL, "--weight-decay", "0.01"], 0.82,
+                        None),  # measured before the recipe took a smaller push and a larger weight decay
     "sst5": ("sst5", "+ word vectors of IMDB reviews", IMDB_VECTORS, "recipes/sst5.toml", ["--ordinal-smoothing", "0"],
              0.46, None),  # measured before the recipe spread its targets onto neighbouring classes
 }

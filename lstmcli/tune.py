@@ -190,30 +190,31 @@ def settle(given: dict) -> tuple[dict, dict]:
 
 def default_params(fixed: dict) -> dict:
     """Trial 0: each searched setting the user did not fix, at its default."""
-    defaults = Config()
-    params = {name: getattr(defaults, name) for name in SPACE if name not in fixed}
-    return {**params, **{name: getattr(defaults, name) for name in switched_on({**params, **fixed}, fixed)}}
+    return with_dependents({name: getattr(Config, name) for name in SPACE if name not in fixed}, fixed,
+                           lambda name: getattr(Config, name))
 
 
 def recipes_params(fixed: dict) -> dict:
     """Trial 1: the defaults with what the recipes share, where the user fixed nothing else."""
-    shared = {**default_params(fixed), **{k: v for k, v in RECIPES_SHARE.items() if k not in fixed}}
-    on = switched_on({**shared, **fixed}, fixed)
-    return {name: value for name, value in shared.items() if name in SPACE or name in on}
+    def shared(name):
+        return RECIPES_SHARE.get(name, getattr(Config, name))
+
+    return with_dependents({name: shared(name) for name in SPACE if name not in fixed}, fixed, shared)
 
 
 def propose(trial: optuna.Trial, fixed: dict) -> dict:
     """The trial's settings for every searched name the user did not fix."""
     chosen = {name: suggest(trial, name, distribution) for name, distribution in SPACE.items()
               if name not in fixed}
-    return {**chosen, **{name: suggest(trial, name, DEPENDENT[name][2])
-                         for name in switched_on({**chosen, **fixed}, fixed)}}
+    return with_dependents(chosen, fixed, lambda name: suggest(trial, name, DEPENDENT[name][2]))
 
 
-def switched_on(settings: dict, fixed: dict) -> list[str]:
-    """The DEPENDENT settings the user did not fix whose switch is on in `settings` (else at its default)."""
-    return [name for name, (switch, off, _) in DEPENDENT.items()
-            if name not in fixed and settings.get(switch, getattr(Config, switch)) != off]
+def with_dependents(chosen: dict, fixed: dict, value) -> dict:
+    """`chosen` and value(name) for each DEPENDENT setting the user did not fix whose switch is on (in
+    `chosen`, else as the user set it, else at its default)."""
+    settings = {**chosen, **fixed}
+    return {**chosen, **{name: value(name) for name, (switch, off, _) in DEPENDENT.items()
+                         if name not in fixed and settings.get(switch, getattr(Config, switch)) != off}}
 
 
 def suggest(trial: optuna.Trial, name: str, distribution):

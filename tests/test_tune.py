@@ -192,7 +192,7 @@ def test_bad_budget_output_dir_and_torchrun_are_one_line_errors(tmp_path, cli, m
 
 def test_search_space_holds_the_defaults_and_matches_the_readme():
     defaults = Config()
-    for name, distribution in {**SPACE, **{name: d for name, (_, _, d) in DEPENDENT.items()}}.items():
+    for name, distribution in search_ranges().items():
         default = getattr(defaults, name)
         if isinstance(distribution, CategoricalDistribution):
             assert default in distribution.choices, name
@@ -203,13 +203,18 @@ def test_search_space_holds_the_defaults_and_matches_the_readme():
         "regenerate with tests/test_tune.py:space_table()"
 
 
+def search_ranges() -> dict:
+    """Every searched setting's range, the dependent ones after the rest."""
+    return {**SPACE, **{name: distribution for name, (_, _, distribution) in DEPENDENT.items()}}
+
+
 def space_table() -> str:
     """The README's table of what tune searches, as tune.py defines it."""
     from lstmcli.config import option_name
 
     rows = ["| flag | default (trial 0) | searched over |", "|---|---|---|"]
     switches = {name: (switch, off) for name, (switch, off, _) in DEPENDENT.items()}
-    for name, distribution in {**SPACE, **{name: d for name, (_, _, d) in DEPENDENT.items()}}.items():
+    for name, distribution in search_ranges().items():
         if isinstance(distribution, CategoricalDistribution):
             values = ", ".join(f"`{v}`" for v in distribution.choices)
         else:
