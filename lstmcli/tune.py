@@ -64,6 +64,7 @@ SPACE = {
     "ema": CategoricalDistribution([0.0, 0.99, 0.995]),
     "max_length": CategoricalDistribution([128, 256, 512]),
     "adversarial": CategoricalDistribution(["none", "at"]),
+    "weight_decay": FloatDistribution(1e-3, 0.3, log=True),
 }
 # Settings that act only when another one is on: searched unless that one has the value that turns them off.
 DEPENDENT = {
