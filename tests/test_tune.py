@@ -64,12 +64,13 @@ def test_search_keeps_within_budget_and_trial_0_is_the_defaults(searched):
     assert summary["validation"] >= summary["defaults"]["validation"]  # never worse than the defaults
     if len(rows) > 1:  # trial 1 tries what the recipes share
         assert [rows[1][name] for name in ("bidirectional", "embedding_dropout", "ema", "adversarial",
-                                           "adversarial_epsilon")] == ["True", "0.5", "0.99", "at", "2.0"], rows[1]
+                                           "adversarial_epsilon", "weight_decay")] == \
+            ["True", "0.5", "0.99", "at", "2.0", "0.1"], rows[1]
 
 
 def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
     shared = {"bidirectional": True, "embedding_dropout": 0.5, "ema": 0.99, "adversarial": "at",
-              "adversarial_epsilon": 2.0}
+              "adversarial_epsilon": 2.0, "weight_decay": 0.1}
     assert recipes_params({}) == {**default_params({}), **shared}
     assert recipes_params({"bidirectional": False}) == {**default_params({"bidirectional": False}),
                                                         **{k: v for k, v in shared.items() if k != "bidirectional"}}
