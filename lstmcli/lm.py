@@ -119,8 +119,8 @@ def inherit(config: Config, given: dict) -> Config:
         raise UserError(f"--tokenizer cannot change with --init-from: the model's embeddings belong to the "
                         f"tokenizer of {directory}; drop --tokenizer.")
     tokenizer = {} if vectors else dict(tokenizer=str(directory / checkpoint.TOKENIZER))
-    # Word vectors fine-tuned better with adversarial training on every set measured (README), so they bring it
-    # unless the user chose.
+    # Word vectors fine-tuned better with adversarial training on every set measured (docs/experiments.md), so
+    # they bring it unless the user chose.
     adversarial = dict(adversarial="at") if vectors and "adversarial" not in given else {}
     return replace(config, **tokenizer, **adversarial, **{name: settings[name] for name in inherited})
 

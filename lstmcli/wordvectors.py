@@ -9,9 +9,10 @@ tens of millions of words take minutes on a laptop CPU, where the language model
 A classifier started from them keeps every word of its own labelled text and adds every word the vectors
 know (`vocabulary_with`), so that a test text's words that no label ever showed arrive with a meaning; each
 word's row is copied by the word, not by its id, at the scale of a new embedding (`start_from`). Measured with
-IMDB's reviews as the text and adversarial training (README, RESULTS.md; means over seeds 0/1/2): Rotten
-Tomatoes 0.822 against 0.803 from the labels alone, SST-2 0.872 against 0.860, SST-5 0.482 against 0.441, IMDB
-0.916 against 0.903, and 1,000 IMDB labels 0.855 with no other flag, against 0.822 from the labels alone.
+IMDB's reviews as the text and adversarial training (RESULTS.md, docs/experiments.md; means over seeds 0/1/2,
+against the labels-only recipes of the day): Rotten Tomatoes 0.822 against 0.803, SST-2 0.872 against 0.860,
+SST-5 0.482 against 0.441, IMDB 0.916 against 0.903, and 1,000 IMDB labels 0.855 with no other flag, against
+0.822 from the labels alone.
 """
 
 from __future__ import annotations
