@@ -144,8 +144,8 @@ class Config:
     batch_size: int = setting(64, "Texts per batch (per process under torchrun).", group="training",
                               low=1, high=1_000_000)
     lr: float = setting(1e-2, "Peak learning rate of AdamW.", group="training", low=0.0, high=10.0)
-    weight_decay: float = setting(0.01, "AdamW weight decay: pulls the weights toward zero; small datasets "
-                                  "gained from 0.1-0.2 (the Rotten Tomatoes, SST-5, SST-2 and IMDB recipes).",
+    weight_decay: float = setting(0.01, "AdamW weight decay: pulls the weights toward zero; every recipe "
+                                  "gained from 0.1-0.2 (Rotten Tomatoes, SST-5, SST-2, IMDB).",
                                   group="training", low=0.0, high=1.0)
     schedule: str = setting("linear", "Learning-rate schedule after warm-up: linear or cosine decay to "
                             "zero, or constant.", group="training", choices=("linear", "cosine", "constant"))
