@@ -4,15 +4,15 @@
 
 Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw
 encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
-predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows),
-threads, precision, packing, compile, save (seconds per resumable state), explain (top-2 vs random
-deletion on the SST-2 recipe's model), processes (1 vs 2 under torchrun), profile, pretrain (the language
-model's output layer and step); and for deployment, on a 2-layer BiLSTM trained on IMDB and exported: cold
-(one-text predict on ONNX vs torch vs `import torch`), backends (batch throughput and accuracy: torch
-fp32/bf16, ONNX fp32/int8), serve (32 concurrent clients against `lstmcli serve`). Every comparison runs in
-this one process and run, repeated, and reported as a median
-and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md
-records a full run with its analysis.
+predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows), threads,
+precision, segments (512-token texts in one pass vs in segments run side by side), packing, compile, save
+(seconds per resumable state), explain (top-2 vs random deletion on the SST-2 recipe's model), processes (1 vs
+2 under torchrun), profile, pretrain (the language model's output layer and step); and for deployment, on a
+2-layer BiLSTM trained on IMDB and exported: cold (one-text predict on ONNX vs torch vs `import torch`),
+backends (batch throughput and accuracy: torch fp32/bf16, ONNX fp32/int8), serve (32 concurrent clients
+against `lstmcli serve`). Every comparison runs in this one process and run, repeated, and reported as a
+median and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick:
+bench/results-quick.json); BENCHMARKS.md records a full run with its analysis.
 """
 
 from __future__ import annotations
@@ -347,6 +347,21 @@ class Bench:
             self.row("precision", f"{precision}: test accuracy {final['test']['accuracy']:.4f}, training tok/s", rate,
                      None, "tok/s")
 
+    def segments(self):
+        print("segments: a training step on 512-token texts read in one pass vs cut into segments that run side "
+              "by side as one wider batch (shorter chains of wider matrix products)")
+        pieces = (0, 64, 128, 256)
+        rates = {piece: [] for piece in pieces}
+        for _ in range(1 if self.quick else 3):  # interleaved, so that drift of the machine hits every length
+            for piece in pieces:
+                rates[piece].append(model_step_rate(self.num_threads, self.dtype, steps=2 if self.quick else 6,
+                                                    length=512, segment_length=piece))
+        whole = statistics.median(rates[0])
+        self.row("segments", "T=512 in one pass (BiLSTM-128, B64), tok/s", whole, None, "tok/s")
+        for piece in pieces[1:]:
+            self.row("segments", f"T=512 in segments of {piece} vs one pass, tok/s", statistics.median(rates[piece]),
+                     whole, "tok/s")
+
     def packing(self):
         print("packing: exact dense path vs pack_padded_sequence, BiLSTM-128 training step")
         for length in (32, 256):
@@ -678,10 +693,11 @@ def timed_steps(forward, parameters, batches, precision: str, warm_up: bool = Tr
     return tokens / (time.perf_counter() - started)
 
 
-def model_step_rate(threads: int, precision: str, steps: int, compile: bool = False, length: int = 256) -> float:
+def model_step_rate(threads: int, precision: str, steps: int, compile: bool = False, length: int = 256,
+                    segment_length: int = 0) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = LSTMClassifier(Config(bidirectional=True), 20000, 2)
+    model = LSTMClassifier(Config(bidirectional=True, segment_length=segment_length), 20000, 2)
     forward = torch.compile(model) if compile else model
     return timed_steps(forward, model.parameters(), synthetic_batches(steps + 1, length), precision)
 
@@ -722,8 +738,8 @@ def write_generated(folder: Path, rows: int) -> None:
                      for w in np.concatenate([good, bad]))
 
 
-SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "packing",
-            "compile", "save", "explain", "processes", "profile", "pretrain", "cold", "backends", "serve"]
+SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "segments",
+            "packing", "compile", "save", "explain", "processes", "profile", "pretrain", "cold", "backends", "serve"]
 
 
 def main() -> None:
