@@ -53,7 +53,7 @@ from lstmcli.data import is_validation_row, open_source, read_rows  # noqa: E402
 from lstmcli.explain import deletion_drops, explain  # noqa: E402
 from lstmcli.export import export_run  # noqa: E402
 from lstmcli.lm import LanguageModel  # noqa: E402
-from lstmcli.loop import save_state  # noqa: E402
+from lstmcli.loop import Weights, save_state  # noqa: E402
 from lstmcli.model import LSTMClassifier  # noqa: E402
 from lstmcli.predict import Predictor  # noqa: E402
 from lstmcli.pretrain import pretrain  # noqa: E402
@@ -394,8 +394,8 @@ class Bench:
         seconds = []
         for step in range(1, 8):
             started = time.perf_counter()
-            save_state(out, dict(epoch=0, batch=step, step=step, best=None), model, optimizer,
-                       torch.amp.GradScaler("cpu", enabled=False), None)
+            save_state(out, dict(epoch=0, batch=step, step=step, best=None),
+                       Weights(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), None))
             seconds.append(time.perf_counter() - started)
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         self.row("save", f"seconds per save ({sum(p.numel() for p in model.parameters()):,} parameters, "

@@ -74,6 +74,20 @@ class Hooks:
 
 
 @dataclass
+class Weights:
+    """The weights that train and what steps them: with the position, what a resumable state holds."""
+    model: torch.nn.Module                 # as the objective built it
+    trained: torch.nn.Module               # what the steps call: the model, wrapped for torchrun
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler           # enabled for fp16 autocast only
+    averaged: AveragedModel | None         # with --ema, the average of the weights, validated and kept
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        return self.averaged.module if self.averaged else self.model
+
+
+@dataclass
 class Outcome:
     """Where the loop ended: the position (step, best evaluation, ...) and the module holding the kept
     weights (the EMA average with --ema), with the best weights loaded back into it."""
@@ -88,35 +102,13 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
     """Train `objective` as `config` says, saving into `out`; returns with the best weights loaded.
     `command` is the lstmcli command that continues the run after an interruption."""
     hooks = hooks or Hooks()
-    model = objective.model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
-    # With --ema, an exponential moving average of the weights is what gets validated and kept.
-    averaged = AveragedModel(model, multi_avg_fn=ema_warming_up(config.ema)) if config.ema else None
-    kept = averaged.module if averaged else model
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
-    trained = distributed.wrap(model, runtime, find_unused_parameters=objective.skips_parameters)
+    weights = prepare_weights(objective, config, runtime)
     total_steps = config.epochs * objective.batches_per_epoch
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     warmup_steps = int(config.warmup * total_steps)
-
-    # Where training stands; saved in every resumable state. `running` sums the current epoch's loss and
-    # figures, so that a resumed epoch reports the same as an uninterrupted one.
-    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
-                    running={}, world_size=runtime.world_size)
-    if resume:
-        position = restore(out, model, optimizer, scaler, averaged, runtime)
-        if position.get("world_size", 1) != runtime.world_size:
-            raise UserError(f"{out} was saved by {position.get('world_size', 1)} process(es) and each one's place "
-                            f"in the data depends on that: resume it with {position.get('world_size', 1)}, not "
-                            f"{runtime.world_size}.")
-        report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
-                   f"{position['step']}")
+    position = starting_position(out, weights, runtime, report, resume=resume)
     log_path = out / checkpoint.LOG
-    if runtime.is_main:
-        with open(log_path, "a+b") as log:  # drop evaluations logged after the state we resume from
-            log.truncate(position["log_bytes"])
 
     def elapsed() -> float:
         return round(resumed_elapsed + time.monotonic() - started, 2)
@@ -125,7 +117,7 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
         """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
         tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
         validation_started = time.monotonic()
-        result = objective.validate(kept)
+        result = objective.validate(weights.kept)
         validation_seconds = round(time.monotonic() - validation_started, 2)
         best = position["best"]
         improved = best is None or result.score > best["score"]
@@ -133,14 +125,14 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
             position["best"] = dict(result.best, score=result.score, step=position["step"], epoch=epoch_number)
             position["evals_since_best"] = 0
             if runtime.is_main:
-                checkpoint.save_weights(out, record, kept.state_dict())
+                checkpoint.save_weights(out, record, weights.kept.state_dict())
         else:
             position["evals_since_best"] += 1
         report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | {result.summary}"
                    + (" (best)" if improved else ""))
-        save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss, lr=optimizer.param_groups[0]["lr"],
-                  **result.log, best=improved, elapsed=elapsed(), eval_seconds=validation_seconds,
-                  train_tokens_per_second=tokens_per_second))
+        save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss,
+                  lr=weights.optimizer.param_groups[0]["lr"], **result.log, best=improved, elapsed=elapsed(),
+                  eval_seconds=validation_seconds, train_tokens_per_second=tokens_per_second))
         if hooks.after_evaluation:
             hooks.after_evaluation(position["step"], result)
         return patience_exhausted(position, config)
@@ -152,7 +144,7 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(log_entry) + "\n")
             position.update(elapsed=elapsed(), log_bytes=log_path.stat().st_size)
-            save_state(out, position, model, optimizer, scaler, averaged)
+            save_state(out, position, weights)
         distributed.barrier(runtime)
         last_save = time.monotonic()
 
@@ -167,33 +159,15 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
         while not finished and position["epoch"] < config.epochs:
             epoch = position["epoch"]
             plan = objective.plan(epoch)
-            trained.train()
+            weights.trained.train()
             running, speed = position["running"], Throughput()
             with report.task(f"epoch {epoch + 1}/{config.epochs}", total=len(plan)) as advance:
                 advance(position["batch"])
                 for batch in prefetch(objective.make_batch, plan[position["batch"]:]):
                     speed.add(batch.tokens if batch.weight else 0)
-                    tensors = to_device(batch.tensors, runtime.device)
-                    for group in optimizer.param_groups:
-                        group["lr"] = learning_rate(position["step"], total_steps, warmup_steps, config)
-                    with runtime.autocast():
-                        loss, sums = objective.loss(trained, tensors)
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        raise UserError(f"the loss became {loss_value} at step {position['step'] + 1}: training "
-                                        f"stopped and the last good state is kept; lower --lr (now {config.lr:g}) "
-                                        "or use --precision fp32.")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss * batch.weight).backward()
-                    if objective.second_loss:
-                        scaler.scale(objective.second_loss(trained, tensors) * batch.weight).backward()
-                    if config.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    if averaged:
-                        averaged.update_parameters(model)
+                    sums = take_step(weights, objective, batch, position["step"],
+                                     learning_rate(position["step"], total_steps, warmup_steps, config),
+                                     config, runtime)
                     position["step"] += 1
                     position["batch"] += 1
                     if batch.weight:
@@ -225,11 +199,66 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
     distributed.barrier(runtime)
     best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
         out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
-    kept.load_state_dict(best)
-    return Outcome(position, kept, elapsed(), out_of_time)
+    weights.kept.load_state_dict(best)
+    return Outcome(position, weights.kept, elapsed(), out_of_time)
 
 
 # -- small pieces of the loop --------------------------------------------------------------------------
+
+def prepare_weights(objective: Objective, config: Config, runtime: Runtime) -> Weights:
+    model = objective.model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    averaged = AveragedModel(model, multi_avg_fn=ema_warming_up(config.ema)) if config.ema else None
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.autocast_dtype == torch.float16)
+    trained = distributed.wrap(model, runtime, find_unused_parameters=objective.skips_parameters)
+    return Weights(model, trained, optimizer, scaler, averaged)
+
+
+def starting_position(out: Path, weights: Weights, runtime: Runtime, report: Reporter, *, resume: bool) -> dict:
+    """Where training stands: the start, or the saved state's position. `running` sums the current epoch's loss
+    and figures, so that a resumed epoch reports the same as an uninterrupted one."""
+    position = dict(epoch=0, batch=0, step=0, best=None, evals_since_best=0, elapsed=0.0, log_bytes=0,
+                    running={}, world_size=runtime.world_size)
+    if resume:
+        position = restore(out, weights, runtime)
+        if position.get("world_size", 1) != runtime.world_size:
+            raise UserError(f"{out} was saved by {position.get('world_size', 1)} process(es) and each one's place "
+                            f"in the data depends on that: resume it with {position.get('world_size', 1)}, not "
+                            f"{runtime.world_size}.")
+        report.say(f"resumed at epoch {position['epoch'] + 1}, batch {position['batch']}, step "
+                   f"{position['step']}")
+    if runtime.is_main:
+        with open(out / checkpoint.LOG, "a+b") as log:  # drop evaluations logged after the state we resume from
+            log.truncate(position["log_bytes"])
+    return position
+
+
+def take_step(weights: Weights, objective: Objective, batch: Batch, step: int, lr: float, config: Config,
+              runtime: Runtime) -> dict:
+    """One optimizer step (and EMA update) on a batch; returns the batch's sums for the running figures."""
+    tensors = to_device(batch.tensors, runtime.device)
+    for group in weights.optimizer.param_groups:
+        group["lr"] = lr
+    with runtime.autocast():
+        loss, sums = objective.loss(weights.trained, tensors)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise UserError(f"the loss became {loss_value} at step {step + 1}: training stopped and the last good "
+                        f"state is kept; lower --lr (now {config.lr:g}) or use --precision fp32.")
+    weights.optimizer.zero_grad(set_to_none=True)
+    weights.scaler.scale(loss * batch.weight).backward()
+    if objective.second_loss:
+        weights.scaler.scale(objective.second_loss(weights.trained, tensors) * batch.weight).backward()
+    if config.grad_clip:
+        weights.scaler.unscale_(weights.optimizer)
+        torch.nn.utils.clip_grad_norm_(weights.model.parameters(), config.grad_clip)
+    weights.scaler.step(weights.optimizer)
+    weights.scaler.update()
+    if weights.averaged:
+        weights.averaged.update_parameters(weights.model)
+    return sums
+
 
 def learning_rate(step: int, total: int, warmup: int, config: Config) -> float:
     """Linear warm-up to --lr, then the --schedule decay: a pure function of the step, so resuming is exact."""
@@ -295,24 +324,26 @@ class StopSignal:
 
 # -- resumable state ----------------------------------------------------------------------------------
 
-def save_state(out: Path, position: dict, model, optimizer, scaler, averaged) -> None:
-    optimizer_state = optimizer.state_dict()
+def save_state(out: Path, position: dict, weights: Weights) -> None:
+    optimizer_state = weights.optimizer.state_dict()
     moments = {f"{index}.{name}": value for index, state in optimizer_state["state"].items()
                for name, value in state.items()}
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    tensors = dict(model=model.state_dict(), optimizer=moments, rng=rng)
-    if averaged:
-        tensors["averaged"] = averaged.state_dict()
+    tensors = dict(model=weights.model.state_dict(), optimizer=moments, rng=rng)
+    if weights.averaged:
+        tensors["averaged"] = weights.averaged.state_dict()
+    scaler = weights.scaler
     checkpoint.save_state(out, dict(position, optimizer_groups=optimizer_state["param_groups"],
                                     scaler=scaler.state_dict() if scaler.is_enabled() else None), tensors)
 
 
-def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> dict:
+def restore(out: Path, weights: Weights, runtime: Runtime) -> dict:
     position, tensors = checkpoint.load_state(out)
-    checkpoint.check_state_dict(tensors["model"], model.state_dict(), out / position["state"])
-    model.load_state_dict(tensors["model"])
+    checkpoint.check_state_dict(tensors["model"], weights.model.state_dict(), out / position["state"])
+    weights.model.load_state_dict(tensors["model"])
+    averaged = weights.averaged
     if averaged:
         checkpoint.check_state_dict(tensors.get("averaged", {}), averaged.state_dict(), out / position["state"])
         averaged.load_state_dict(tensors["averaged"])
@@ -324,13 +355,13 @@ def restore(out: Path, model, optimizer, scaler, averaged, runtime: Runtime) -> 
     for group in groups:
         group["betas"] = tuple(group["betas"])
     try:
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
+        weights.optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError) as e:
         raise UserError(f"the saved optimizer state in {out} does not fit this model ({e}): start a new run "
                         "with --overwrite.") from None
     scaler_state = position.pop("scaler", None)
-    if scaler_state and scaler.is_enabled():
-        scaler.load_state_dict(scaler_state)
+    if scaler_state and weights.scaler.is_enabled():
+        weights.scaler.load_state_dict(scaler_state)
     torch.set_rng_state(tensors["rng"]["torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors["rng"][k] for k in sorted(tensors["rng"]) if k.startswith("cuda.")]
