@@ -333,31 +333,12 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
     test = tokenize("test", splits.test, None) if splits.test else None
-    parts = [s for s in (train, validation, test) if s is not None]
-    rows_per_split = {name: int(distributed.sum_array(np.array([len(s)]), runtime)[0])
-                      for name, s in (("train", train), ("validation", validation), ("test", test)) if s is not None}
-    for name, count in rows_per_split.items():
-        if count == 0:
-            raise UserError(f"the {name} split of {config.dataset} has no usable rows: check the data and the "
-                            "--text-column / --label-column.")
-
-    if saved is not None:
-        labels = Labels(saved["labels"]["names"], saved["labels"]["keys"])
-    else:
-        keys = [k for texts in distributed.gather_texts(json.dumps([k for s in parts for k in s.label_keys]), runtime)
-                for k in json.loads(texts)]
-        labels = Labels.from_keys(keys, class_label_names(train_stream, label_column), config.label_names)
+    rows_per_split = count_rows(dict(train=train, validation=validation, test=test), config, runtime)
+    labels = settle_labels([s for s in (train, validation, test) if s is not None], saved,
+                           class_label_names(train_stream, label_column), config, runtime)
     lookup = labels.lookup()
     train_classes = train.class_ids(lookup, "train")
-    present = distributed.sum_array(np.bincount(train_classes, minlength=len(labels.names)), runtime)
-    for name, count in zip(labels.names, present):
-        if count == 0:
-            report.warn(f"class {name!r} never occurs in the training data: the model cannot learn it.")
-    truncated = int(distributed.sum_array(np.array([train.encoded.truncated]), runtime)[0])
-    if truncated:
-        report.say(f"truncation: {truncated:,} of {rows_per_split['train']:,} training texts "
-                   f"({truncated / rows_per_split['train']:.1%}) are longer than --max-length {config.max_length} "
-                   "and were cut.")
+    truncated = report_training_data(train, train_classes, labels, rows_per_split["train"], config, runtime, report)
     record = checkpoint.run_record(config, labels, tokenizer.get_vocab_size(), dict(
         fingerprint=fingerprint, text_column=text_column, label_column=label_column, rows=rows_per_split,
         truncated_train_texts=truncated, splits=dict(train=splits.train, validation=splits.validation or
@@ -366,6 +347,41 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     return PreparedData(tokenizer, train, validation, test, labels, train_classes,
                         validation.class_ids(lookup, "validation"),
                         test.class_ids(lookup, "test") if test is not None else None, record)
+
+
+def count_rows(parts: dict[str, tokenized.TokenizedSplit | None], config: Config, runtime: Runtime) -> dict:
+    """Rows per split over every process; an empty split stops the run."""
+    counts = {name: int(distributed.sum_array(np.array([len(part)]), runtime)[0])
+              for name, part in parts.items() if part is not None}
+    for name, count in counts.items():
+        if count == 0:
+            raise UserError(f"the {name} split of {config.dataset} has no usable rows: check the data and the "
+                            "--text-column / --label-column.")
+    return counts
+
+
+def settle_labels(parts: list[tokenized.TokenizedSplit], saved: dict | None, class_names, config: Config,
+                  runtime: Runtime) -> Labels:
+    """The resumed run's labels, else those that occur in any split (on any process), in the dataset's order."""
+    if saved is not None:
+        return Labels(saved["labels"]["names"], saved["labels"]["keys"])
+    keys = [k for texts in distributed.gather_texts(json.dumps([k for s in parts for k in s.label_keys]), runtime)
+            for k in json.loads(texts)]
+    return Labels.from_keys(keys, class_names, config.label_names)
+
+
+def report_training_data(train: tokenized.TokenizedSplit, train_classes: np.ndarray, labels: Labels, rows: int,
+                         config: Config, runtime: Runtime, report: Reporter) -> int:
+    """Warn about classes the training data lacks, say how many texts --max-length cut; returns that count."""
+    present = distributed.sum_array(np.bincount(train_classes, minlength=len(labels.names)), runtime)
+    for name, count in zip(labels.names, present):
+        if count == 0:
+            report.warn(f"class {name!r} never occurs in the training data: the model cannot learn it.")
+    truncated = int(distributed.sum_array(np.array([train.encoded.truncated]), runtime)[0])
+    if truncated:
+        report.say(f"truncation: {truncated:,} of {rows:,} training texts ({truncated / rows:.1%}) are longer "
+                   f"than --max-length {config.max_length} and were cut.")
+    return truncated
 
 
 def settle_tokenizer(config: Config, runtime: Runtime, report: Reporter, out: Path, saved: dict | None,
