@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,9 +24,11 @@ from .data import RowCounts, texts_only
 from .errors import UserError
 from .lm import LanguageModel
 from .model import count_parameters
+from .runtime import Runtime
+from .terminal import Reporter
 from .train import announce, claim_output_dir, describe_model, eval_batch_size, settle_tokenizer, start_run, \
     tokenize_split, write_record
-from .unlabeled import open_text_sources
+from .unlabeled import TextSources, open_text_sources
 
 WHOLE_TEXT = 1_000_000  # tokens read per text: pretraining cuts long texts into windows instead of truncating
 
@@ -50,18 +53,7 @@ def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overw
     if saved is not None and saved.get("data", {}).get("fingerprint") != sources.fingerprint:
         raise UserError("the pretraining text changed since this run started: resume with the same data, or "
                         "start a new run with --overwrite.")
-    key = dict(fingerprint=sources.fingerprint, val_fraction=config.val_fraction, columns=sources.columns)
-    split = {}
-    for role, held_out in (("train", False), ("validation", True)):
-        counts = RowCounts()
-        split[role] = tokenize_split(out, role, dict(key, held_out=held_out),
-                                     sources.rows(config, runtime, held_out=held_out, counts=counts), counts,
-                                     tokenizer, config, runtime, report, max_length=WHOLE_TEXT)
-    tokens = {role: int(distributed.sum_array(np.array([int(s.encoded.lengths.sum())]), runtime)[0])
-              for role, s in split.items()}
-    if min(tokens.values()) == 0:
-        raise UserError("the pretraining text has no words on one side of the held-out split: give more text, or "
-                        "a larger --val-fraction.")
+    split, tokens = tokenize_text(sources, tokenizer, config, runtime, report, out)
     record = checkpoint.run_record(config, None, tokenizer.get_vocab_size(), dict(
         fingerprint=sources.fingerprint, sources=sources.names, text_columns=sources.columns, tokens=tokens,
         splits=dict(train=f"{1 - config.val_fraction:g} of the text", validation=f"{config.val_fraction:g} of the "
@@ -93,6 +85,25 @@ def _pretrain(config: Config, held: contextlib.ExitStack, *, resume: bool, overw
     return final
 
 
+def tokenize_text(sources: TextSources, tokenizer, config: Config, runtime: Runtime, report: Reporter,
+                  out: Path) -> tuple[dict, dict]:
+    """Tokenize the text into the run's cache, whole, as the train and held-out (validation) splits; returns
+    them and their token counts over every process."""
+    key = dict(fingerprint=sources.fingerprint, val_fraction=config.val_fraction, columns=sources.columns)
+    split = {}
+    for role, held_out in (("train", False), ("validation", True)):
+        counts = RowCounts()
+        split[role] = tokenize_split(out, role, dict(key, held_out=held_out),
+                                     sources.rows(config, runtime, held_out=held_out, counts=counts), counts,
+                                     tokenizer, config, runtime, report, max_length=WHOLE_TEXT)
+    tokens = {role: int(distributed.sum_array(np.array([int(s.encoded.lengths.sum())]), runtime)[0])
+              for role, s in split.items()}
+    if min(tokens.values()) == 0:
+        raise UserError("the pretraining text has no words on one side of the held-out split: give more text, or "
+                        "a larger --val-fraction.")
+    return split, tokens
+
+
 # -- the model and its objective --------------------------------------------------------------------------
 
 def pretrained_model(config: Config, vocab_size: int, counts: np.ndarray, report) -> torch.nn.Module:
@@ -105,8 +116,9 @@ def pretrained_model(config: Config, vocab_size: int, counts: np.ndarray, report
                    f"{count_parameters(model):,} parameters")
         return model
     model = LanguageModel(config, vocab_size, counts)
-    report.say(f"model: {describe_model(config)} language model{'s (forward and backward)' if config.bidirectional else ''}, "
-               f"adaptive softmax over {vocab_size:,} tokens, {count_parameters(model):,} parameters")
+    directions = "s (forward and backward)" if config.bidirectional else ""
+    report.say(f"model: {describe_model(config)} language model{directions}, adaptive softmax over "
+               f"{vocab_size:,} tokens, {count_parameters(model):,} parameters")
     return model
 
 

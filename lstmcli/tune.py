@@ -290,7 +290,12 @@ def run_trial(study: optuna.Study, fixed: dict, plan: dict, out: Path, deadline:
         trial.set_user_attr("error", str(e).split(":")[0][:120])  # e.g. a learning rate that diverged
         study.tell(trial, state=TrialState.FAIL)
         return
-    trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
+    finish_trial(study, trial, final, round(time.monotonic() - started, 1), run, out)
+
+
+def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds: float, run: Path, out: Path) -> None:
+    """Tell the study how a trial that trained to its end (or the deadline) did; keep its run if it is the best."""
+    trial.set_user_attr("seconds", seconds)
     trial.set_user_attr("steps", final["train"]["steps"])
     trial.set_user_attr("test_accuracy", final["test"]["accuracy"] if final["test"] else None)
     if final["train"]["stopped_by_deadline"]:
