@@ -128,6 +128,22 @@ class EvaluationRows:
     what: str
 
 
+def default_split(source, run, own_data: bool, validation: bool) -> tuple[str, tuple[float, bool] | None]:
+    """The split to score when none is named, and the hashed holdout to keep of it (a run that validated on a
+    share of its train split): the run's own test (or validation) split, else another file's only split, else
+    the other dataset's test, validation or first split."""
+    if own_data:
+        recorded = run.record["data"]["splits"]
+        split = (None if validation else recorded["test"]) or recorded["validation"]
+        if split not in source.splits:
+            return recorded["train"], (run.config.val_fraction, True)
+        return split, None
+    if source.is_single_file:
+        return next(iter(source.splits)), None
+    return next((s for s in ("test", "validation", "valid", "dev") if s in source.splits),
+                next(iter(source.splits))), None
+
+
 def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | None = None,
                     split: str | None = None, text_column: str | None = None,
                     label_column: str | None = None, validation: bool = False) -> EvaluationRows:
@@ -139,18 +155,7 @@ def evaluation_rows(run, *, dataset: str | None = None, dataset_config: str | No
     own_data = dataset is None
     source = open_source(settings.dataset if own_data else dataset,
                          settings.dataset_config if own_data else dataset_config)
-    holdout = None
-    if split is None:
-        if source.is_single_file and not own_data:
-            split = next(iter(source.splits))
-        elif own_data:
-            recorded_splits = recorded["splits"]
-            split = (None if validation else recorded_splits["test"]) or recorded_splits["validation"]
-            if split not in source.splits:  # the run validated on a hashed share of its train split
-                split, holdout = recorded_splits["train"], (settings.val_fraction, True)
-        else:
-            split = next((s for s in ("test", "validation", "valid", "dev") if s in source.splits),
-                         next(iter(source.splits)))
+    split, holdout = (split, None) if split is not None else default_split(source, run, own_data, validation)
     stream = source.split(split)
     what = source.describe(split)
     columns = column_names(stream, what)
