@@ -199,14 +199,11 @@ def predict(
         if not as_json:
             return print_explanations(explanations)
         for e in explanations:
-            p = e.prediction
-            print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,
-                                  probabilities=p.probabilities, explanation=e.as_json()), ensure_ascii=False))
+            print(json.dumps(dict(dataclasses.asdict(e.prediction), explanation=e.as_json()), ensure_ascii=False))
         return
     for p in predictor.predict_stream(itertools.chain([first], chunks)):
         if as_json:
-            print(json.dumps(dict(text=p.text, label=p.label, probability=p.probability,
-                                  probabilities=p.probabilities), ensure_ascii=False))
+            print(json.dumps(dataclasses.asdict(p), ensure_ascii=False))
         else:
             print(f"{p.label}\t{p.probability:.4f}\t{' '.join(p.text.split())}")
 
