@@ -139,9 +139,11 @@ def test_resume_refuses_other_settings(searched, cli):
 def test_ctrl_c_keeps_the_best_so_far_and_resume_runs_the_interrupted_trial_first(tmp_path):
     data = write_splits(tmp_path / "data", train=400, validation=100, test=100, seed=4)
     out = tmp_path / "tuned"
+    # A suite started in the background (nohup, `&`) ignores SIGINT, and so would its children: undo that.
     process = subprocess.Popen([sys.executable, "-m", "lstmcli", "tune", "--dataset", str(data), "--budget", "2m",
                                 "--output-dir", str(out), *FIXED], cwd=ROOT, env={**os.environ, **OFFLINE},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     # Interrupt trial 1 while it trains: trial 0 has finished once trial 1's run directory exists.
     while not (out / "trials" / "001").exists() and time.monotonic() < deadline and process.poll() is None:
