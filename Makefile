@@ -25,8 +25,10 @@ eval: install  ## metrics of runs/latest on its test split
 predict: install  ## label TEXT with runs/latest
 	$(BIN)/lstmcli predict "$(or $(TEXT),a wonderful, moving film)"
 
+# One test worker per core (pytest-xdist); a file's tests stay on one worker, so each module-scoped fixture
+# (a torchrun job, a killed run) is built once. ARGS="-n 0" runs them in this process.
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile $(ARGS)
 
 install-bench: install  ## fastText, the anchor the benchmarks compare against
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
