@@ -6,14 +6,14 @@
     3. a student trains from scratch, with dropout, on the labelled rows and those pseudo-labels, and is the
        next round's teacher; the last student is the run's model
 
-(Yarowsky 1995; Xie et al. 2020, "Self-training with noisy student".) Measured on IMDB with 1,000 labels and
-the other 21,432 train reviews as unlabelled text (recipes/imdb.toml, --epochs 20, --weight-decay 0.01, seeds
-0/1/2): test accuracy 0.834/0.836/0.834 in 6-7 minutes, against 0.784/0.793/0.793 from the labels alone; with
---adversarial at --adversarial-epsilon 5 (a far better teacher: 0.819-0.824 alone) 0.838/0.850/0.837. It needs
-unlabelled text of the labels' kind: Rotten Tomatoes sentences self-trained on IMDB reviews lost 2 points.
+(Yarowsky 1995; Xie et al. 2020, "Self-training with noisy student".) Measured on IMDB with 1,000 labels and the
+other 21,432 train reviews as unlabelled text (recipes/imdb.toml, --epochs 20, --weight-decay 0.01, --adversarial
+none, seeds 0/1/2): test accuracy 0.834/0.836/0.834 in 6-7 minutes, against 0.784/0.793/0.793 from the labels
+alone; with --adversarial at --adversarial-epsilon 5 (a far better teacher: 0.819-0.824 alone) 0.838/0.850/0.837.
+It needs unlabelled text of the labels' kind: Rotten Tomatoes sentences self-trained on IMDB reviews lost 2 points.
 Fine-tuning from a language model pretrained on the same text (lstmcli pretrain, BiLSTM-128, perplexity 148)
-reached only 0.739-0.773: at this size its features were no better than a random LSTM's for a linear probe
-(0.678 vs 0.671 on 4,000 test reviews).
+reached only 0.739-0.773: at this size its features were no better than a random LSTM's for a linear probe (0.678
+vs 0.671 on 4,000 test reviews).
 
 Each round but the last is an ordinary run directory in OUT/rounds/N (eval and report read it); the last
 trains in OUT itself. A killed run resumes in the round it was in.
