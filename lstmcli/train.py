@@ -333,9 +333,11 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
     test = tokenize("test", splits.test, None) if splits.test else None
-    rows_per_split = count_rows(dict(train=train, validation=validation, test=test), config, runtime)
-    labels = settle_labels([s for s in (train, validation, test) if s is not None], saved,
-                           class_label_names(train_stream, label_column), config, runtime)
+    parts = {name: part for name, part in (("train", train), ("validation", validation), ("test", test))
+             if part is not None}
+    rows_per_split = count_rows(parts, config, runtime)
+    labels = settle_labels(list(parts.values()), saved, class_label_names(train_stream, label_column), config,
+                           runtime)
     lookup = labels.lookup()
     train_classes = train.class_ids(lookup, "train")
     truncated = report_training_data(train, train_classes, labels, rows_per_split["train"], config, runtime, report)
@@ -349,10 +351,9 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
                         test.class_ids(lookup, "test") if test is not None else None, record)
 
 
-def count_rows(parts: dict[str, tokenized.TokenizedSplit | None], config: Config, runtime: Runtime) -> dict:
+def count_rows(parts: dict[str, tokenized.TokenizedSplit], config: Config, runtime: Runtime) -> dict:
     """Rows per split over every process; an empty split stops the run."""
-    counts = {name: int(distributed.sum_array(np.array([len(part)]), runtime)[0])
-              for name, part in parts.items() if part is not None}
+    counts = {name: int(distributed.sum_array(np.array([len(part)]), runtime)[0]) for name, part in parts.items()}
     for name, count in counts.items():
         if count == 0:
             raise UserError(f"the {name} split of {config.dataset} has no usable rows: check the data and the "
