@@ -101,106 +101,120 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
         resume: bool, command: str = "train", hooks: Hooks | None = None) -> Outcome:
     """Train `objective` as `config` says, saving into `out`; returns with the best weights loaded.
     `command` is the lstmcli command that continues the run after an interruption."""
-    hooks = hooks or Hooks()
     weights = prepare_weights(objective, config, runtime)
-    total_steps = config.epochs * objective.batches_per_epoch
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
-    warmup_steps = int(config.warmup * total_steps)
     position = starting_position(out, weights, runtime, report, resume=resume)
-    log_path = out / checkpoint.LOG
+    training = Training(objective, config, runtime, out, record, report, hooks or Hooks(), command, weights,
+                        position, evaluated_at=position["step"] if resume else None)
+    finished = position["step"] >= training.total_steps or patience_exhausted(position, config)
+    with StopSignal() as stop, distributed.peers_guard(runtime, out):
+        while not finished and position["epoch"] < config.epochs:
+            plan = objective.plan(position["epoch"])
+            finished = training.run_epoch(plan, stop)
+            if position["batch"] < len(plan):
+                break  # stopped inside the epoch (--max-steps, patience or the deadline)
+            position.update(epoch=position["epoch"] + 1, batch=0, running={})
+            finished = training.evaluate_and_save(position["epoch"]) or finished
+        if training.evaluated_at != position["step"] or position["best"] is None:  # the same on every rank
+            training.evaluate_and_save(position["epoch"] + 1)
 
-    def elapsed() -> float:
-        return round(resumed_elapsed + time.monotonic() - started, 2)
+    distributed.barrier(runtime)
+    best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
+        out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
+    weights.kept.load_state_dict(best)
+    return Outcome(position, weights.kept, training.elapsed(), training.out_of_time)
 
-    def evaluate_and_save(epoch_number: int, train_loss: float) -> bool:
+
+class Training:
+    """One call of `fit`: what its pieces share (the weights, the position, the clocks) and the pieces: an
+    epoch's steps, an evaluation, a save."""
+
+    def __init__(self, objective: Objective, config: Config, runtime: Runtime, out: Path, record: dict,
+                 report: Reporter, hooks: Hooks, command: str, weights: Weights, position: dict,
+                 evaluated_at: int | None):
+        self.objective, self.config, self.runtime, self.out, self.record = objective, config, runtime, out, record
+        self.report, self.hooks, self.command, self.weights, self.position = report, hooks, command, weights, position
+        self.evaluated_at = evaluated_at  # the step of the last evaluation
+        self.total_steps = config.epochs * objective.batches_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.warmup_steps = int(config.warmup * self.total_steps)
+        self.train_loss, self.speed, self.out_of_time = float("nan"), Throughput(), False
+        self.resumed_elapsed, self.started = position["elapsed"], time.monotonic()
+        self.last_save = self.started
+
+    def elapsed(self) -> float:
+        return round(self.resumed_elapsed + time.monotonic() - self.started, 2)
+
+    def run_epoch(self, plan: list, stop: StopSignal) -> bool:
+        """Step through the rest of the epoch's `plan`; True when the run is finished (its steps, patience or
+        the deadline)."""
+        position, config = self.position, self.config
+        epoch_number, running = position["epoch"] + 1, position["running"]
+        self.weights.trained.train()
+        self.speed, finished = Throughput(), False
+        with self.report.task(f"epoch {epoch_number}/{config.epochs}", total=len(plan)) as advance:
+            advance(position["batch"])
+            for batch in prefetch(self.objective.make_batch, plan[position["batch"]:]):
+                self.speed.add(batch.tokens if batch.weight else 0)
+                lr = learning_rate(position["step"], self.total_steps, self.warmup_steps, config)
+                sums = take_step(self.weights, self.objective, batch, position["step"], lr, config, self.runtime)
+                position["step"] += 1
+                position["batch"] += 1
+                if batch.weight:
+                    for key, value in sums.items():
+                        running[key] = running.get(key, 0) + value
+                self.train_loss, text = self.objective.progress(running)
+                advance(1, f"{text} {human(self.speed.rate())} tok/s")
+                self.out_of_time = self.hooks.deadline is not None and time.monotonic() >= self.hooks.deadline
+                finished = position["step"] >= self.total_steps or self.out_of_time
+                if config.eval_every and position["step"] % config.eval_every == 0 and position["batch"] < len(plan):
+                    finished = self.evaluate_and_save(epoch_number) or finished
+                elif stop.requested or save_due(config, position["step"], self.last_save):
+                    self.save()
+                if stop.requested:
+                    raise Interrupted(f"stopped by {stop.requested} at step {position['step']}; the state is "
+                                      f"saved: continue with lstmcli {self.command} --resume --output-dir {self.out}")
+                if finished:
+                    break
+        return finished
+
+    def evaluate_and_save(self, epoch_number: int) -> bool:
         """Validate, keep the weights if best, log, save a resumable state; True when patience runs out."""
-        tokens_per_second = round(speed.rate())  # of the training steps alone, before validation starts
+        position, weights = self.position, self.weights
+        self.evaluated_at = position["step"]
+        tokens_per_second = round(self.speed.rate())  # of the training steps alone, before validation starts
         validation_started = time.monotonic()
-        result = objective.validate(weights.kept)
+        result = self.objective.validate(weights.kept)
         validation_seconds = round(time.monotonic() - validation_started, 2)
         best = position["best"]
         improved = best is None or result.score > best["score"]
         if improved:
             position["best"] = dict(result.best, score=result.score, step=position["step"], epoch=epoch_number)
             position["evals_since_best"] = 0
-            if runtime.is_main:
-                checkpoint.save_weights(out, record, weights.kept.state_dict())
+            if self.runtime.is_main:
+                checkpoint.save_weights(self.out, self.record, weights.kept.state_dict())
         else:
             position["evals_since_best"] += 1
-        report.say(f"epoch {epoch_number} step {position['step']}: train loss {train_loss:.4f} | {result.summary}"
-                   + (" (best)" if improved else ""))
-        save(dict(epoch=epoch_number, step=position["step"], train_loss=train_loss,
-                  lr=weights.optimizer.param_groups[0]["lr"], **result.log, best=improved, elapsed=elapsed(),
-                  eval_seconds=validation_seconds, train_tokens_per_second=tokens_per_second))
-        if hooks.after_evaluation:
-            hooks.after_evaluation(position["step"], result)
-        return patience_exhausted(position, config)
+        self.report.say(f"epoch {epoch_number} step {position['step']}: train loss {self.train_loss:.4f} | "
+                        f"{result.summary}" + (" (best)" if improved else ""))
+        self.save(dict(epoch=epoch_number, step=position["step"], train_loss=self.train_loss,
+                       lr=weights.optimizer.param_groups[0]["lr"], **result.log, best=improved, elapsed=self.elapsed(),
+                       eval_seconds=validation_seconds, train_tokens_per_second=tokens_per_second))
+        if self.hooks.after_evaluation:
+            self.hooks.after_evaluation(position["step"], result)
+        return patience_exhausted(position, self.config)
 
-    def save(log_entry: dict | None = None) -> None:
-        nonlocal last_save
-        if runtime.is_main:
+    def save(self, log_entry: dict | None = None) -> None:
+        """A resumable state (after appending `log_entry` to log.jsonl), written by the main process."""
+        if self.runtime.is_main:
+            log_path = self.out / checkpoint.LOG
             if log_entry is not None:
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(log_entry) + "\n")
-            position.update(elapsed=elapsed(), log_bytes=log_path.stat().st_size)
-            save_state(out, position, weights)
-        distributed.barrier(runtime)
-        last_save = time.monotonic()
-
-    stop = StopSignal()
-    resumed_elapsed, started = position["elapsed"], time.monotonic()
-    last_save = started
-    evaluated_at = position["step"] if resume else None
-    finished = position["step"] >= total_steps or patience_exhausted(position, config)
-    out_of_time = False
-    train_loss, speed = float("nan"), Throughput()
-    with stop, distributed.peers_guard(runtime, out):
-        while not finished and position["epoch"] < config.epochs:
-            epoch = position["epoch"]
-            plan = objective.plan(epoch)
-            weights.trained.train()
-            running, speed = position["running"], Throughput()
-            with report.task(f"epoch {epoch + 1}/{config.epochs}", total=len(plan)) as advance:
-                advance(position["batch"])
-                for batch in prefetch(objective.make_batch, plan[position["batch"]:]):
-                    speed.add(batch.tokens if batch.weight else 0)
-                    sums = take_step(weights, objective, batch, position["step"],
-                                     learning_rate(position["step"], total_steps, warmup_steps, config),
-                                     config, runtime)
-                    position["step"] += 1
-                    position["batch"] += 1
-                    if batch.weight:
-                        for key, value in sums.items():
-                            running[key] = running.get(key, 0) + value
-                    train_loss, text = objective.progress(running)
-                    advance(1, f"{text} {human(speed.rate())} tok/s")
-                    out_of_time = hooks.deadline is not None and time.monotonic() >= hooks.deadline
-                    finished = position["step"] >= total_steps or out_of_time
-                    if config.eval_every and position["step"] % config.eval_every == 0 \
-                            and position["batch"] < len(plan):
-                        evaluated_at = position["step"]
-                        finished = evaluate_and_save(epoch + 1, train_loss) or finished
-                    elif stop.requested or save_due(config, position["step"], last_save):
-                        save()
-                    if stop.requested:
-                        raise Interrupted(f"stopped by {stop.requested} at step {position['step']}; the state is "
-                                          f"saved: continue with lstmcli {command} --resume --output-dir {out}")
-                    if finished:
-                        break
-            if position["batch"] < len(plan):
-                break  # stopped inside the epoch (--max-steps, patience or the deadline)
-            position.update(epoch=epoch + 1, batch=0, running={})
-            evaluated_at = position["step"]
-            finished = evaluate_and_save(epoch + 1, train_loss) or finished
-        if evaluated_at != position["step"] or position["best"] is None:  # the same on every rank
-            evaluate_and_save(position["epoch"] + 1, train_loss)
-
-    distributed.barrier(runtime)
-    best = checkpoint.read_tensors(out / checkpoint.WEIGHTS, checkpoint.read_json(
-        out / checkpoint.CONFIG, "")["weights"].get(checkpoint.WEIGHTS))
-    weights.kept.load_state_dict(best)
-    return Outcome(position, weights.kept, elapsed(), out_of_time)
+            self.position.update(elapsed=self.elapsed(), log_bytes=log_path.stat().st_size)
+            save_state(self.out, self.position, self.weights)
+        distributed.barrier(self.runtime)
+        self.last_save = time.monotonic()
 
 
 # -- small pieces of the loop --------------------------------------------------------------------------
