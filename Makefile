@@ -36,7 +36,7 @@ install-bench: install  ## fastText, the anchor the benchmarks compare against
 bench: install-bench  ## speed figures (about 25 minutes; ARGS=--quick: under 3, into bench/results-quick.json); writes bench/results.json
 	$(BIN)/python bench/run.py $(ARGS)
 
-bench-tune: install-bench  ## lstmcli tune vs fastText's autotune, same budgets and splits (about 50 minutes); writes bench/tune-results.json
+bench-tune: install-bench  ## lstmcli tune vs fastText's autotune, same budgets and splits, lstmcli over seeds 0/1/2 (about 100 minutes); writes bench/tune-results.json
 	$(BIN)/python bench/tune.py $(ARGS)
 
 reproduce: install-bench  ## train every recipe, evaluate it, compare with fastText; writes RESULTS.md

@@ -1,9 +1,10 @@
 """make bench-tune: `lstmcli tune` against fastText's autotune, the same budget on the same splits.
 
-    python bench/tune.py [--only sst3 sst5 rotten_tomatoes] [--part lstmcli|fasttext]
+    python bench/tune.py [--only sst3 sst5 rotten_tomatoes] [--part lstmcli|fasttext] [--seeds 0 1 2]
 
-For each set: `lstmcli tune --budget B` (its trial 0 trains the defaults), then `lstmcli eval` of the kept run
-on the test split; then fastText's autotune (autotuneValidationFile = the same validation split,
+For each set and seed: `lstmcli tune --budget B --seed S` (its trial 0 trains the defaults), then `lstmcli eval`
+of the kept run on the test split (the recipes it is compared with are means over seeds 0/1/2, and one seed
+moves these small test splits by a point or two); then fastText's autotune (autotuneValidationFile = the same validation split,
 autotuneDuration = B, 2 threads; it retrains its best settings after the budget) scored on the same test
 split. Both choose on the validation split only. fastText runs in a child process stopped after twice
 the budget: on this shared machine its autotune once ran 25 minutes into a 5-minute budget. Writes
@@ -60,17 +61,17 @@ def seconds(budget: str) -> int:
     return int(budget[:-1]) * {"s": 1, "m": 60, "h": 3600}[budget[-1]]
 
 
-def lstmcli_tune(name: str, data: Path, budget: str) -> dict:
-    out = WORK / name
+def lstmcli_tune(name: str, data: Path, budget: str, seed: int) -> dict:
+    out = WORK / (name if seed == 0 else f"{name}-seed{seed}")
     shutil.rmtree(out, ignore_errors=True)
-    command = ["tune", "--dataset", os.path.relpath(data, ROOT), "--budget", budget, "--output-dir",
-               os.path.relpath(out, ROOT)]
+    command = ["tune", "--dataset", os.path.relpath(data, ROOT), "--budget", budget, "--seed", str(seed),
+               "--output-dir", os.path.relpath(out, ROOT)]
     print(f"{name}: lstmcli {' '.join(command)}", flush=True)
     started = time.perf_counter()
     tuned = subprocess.run([sys.executable, "-m", "lstmcli", *command], cwd=ROOT, env=ENV, text=True,
                            capture_output=True)
     wall = time.perf_counter() - started
-    (WORK / f"{name}.log").write_text(tuned.stderr)
+    (out.parent / f"{out.name}.log").write_text(tuned.stderr)
     if tuned.returncode != 0:
         raise SystemExit(f"{name}: tune failed:\n{tuned.stderr[-2000:]}")
     summary = json.loads(tuned.stdout)
@@ -124,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", choices=list(SETS), help="sets to run (default: all)")
     parser.add_argument("--part", choices=["lstmcli", "fasttext"], help="measure only this side (default: both)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="lstmcli tune's seeds (default: 0 1 2)")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"bench/tune.py: {SHARED} is absent; put the shared benchmark datasets beside the checkout.")
@@ -135,13 +137,16 @@ def main() -> None:
         data = dataset(name)
         entry = results.setdefault(name, {})
         entry.update(budget=budget, against=against(name))
-        if args.part in (None, "lstmcli"):
-            tuned = entry["lstmcli"] = lstmcli_tune(name, data, budget)
+        for seed in args.seeds if args.part in (None, "lstmcli") else ():
+            by_seed = entry.setdefault("lstmcli", {})
+            tuned = by_seed[str(seed)] = lstmcli_tune(name, data, budget, seed)
+            entry["lstmcli_mean_test"] = sum(t["test_accuracy"] for t in by_seed.values()) / len(by_seed)
             path.write_text(json.dumps(results, indent=2) + "\n")
             s = tuned["summary"]
-            print(f"  lstmcli tune: test {tuned['test_accuracy']:.4f} (defaults {s['defaults']['test']:.4f}; "
-                  f"validation {s['validation']:.4f} vs {s['defaults']['validation']:.4f}), trials {s['trials']}, "
-                  f"wall {tuned['wall_seconds']:.0f} s of {seconds(budget)}", flush=True)
+            print(f"  lstmcli tune, seed {seed}: test {tuned['test_accuracy']:.4f} (defaults "
+                  f"{s['defaults']['test']:.4f}; validation {s['validation']:.4f} vs {s['defaults']['validation']:.4f}), "
+                  f"trials {s['trials']}, wall {tuned['wall_seconds']:.0f} s of {seconds(budget)}; mean test over "
+                  f"seeds {sorted(by_seed)}: {entry['lstmcli_mean_test']:.4f}", flush=True)
         if args.part in (None, "fasttext"):
             anchor = entry["fasttext_autotune"] = fasttext_autotune(data, budget)
             path.write_text(json.dumps(results, indent=2) + "\n")
