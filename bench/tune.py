@@ -4,9 +4,9 @@
 
 For each set and seed: `lstmcli tune --budget B --seed S` (its trial 0 trains the defaults), then `lstmcli eval`
 of the kept run on the test split (the recipes it is compared with are means over seeds 0/1/2, and one seed
-moves these small test splits by a point or two); then fastText's autotune (autotuneValidationFile = the same validation split,
-autotuneDuration = B, 2 threads; it retrains its best settings after the budget) scored on the same test
-split. Both choose on the validation split only. fastText runs in a child process stopped after twice
+moves these small test splits by a point or two); then fastText's autotune (autotuneValidationFile = the same
+validation split, autotuneDuration = B, 2 threads; it retrains its best settings after the budget) scored on the
+same test split. Both choose on the validation split only. fastText runs in a child process stopped after twice
 the budget: on this shared machine its autotune once ran 25 minutes into a 5-minute budget. Writes
 bench/tune-results.json (each part as soon as it is measured).
 
@@ -144,8 +144,8 @@ def main() -> None:
             path.write_text(json.dumps(results, indent=2) + "\n")
             s = tuned["summary"]
             print(f"  lstmcli tune, seed {seed}: test {tuned['test_accuracy']:.4f} (defaults "
-                  f"{s['defaults']['test']:.4f}; validation {s['validation']:.4f} vs {s['defaults']['validation']:.4f}), "
-                  f"trials {s['trials']}, wall {tuned['wall_seconds']:.0f} s of {seconds(budget)}; mean test over "
+                  f"{s['defaults']['test']:.4f}; validation {s['validation']:.4f} vs "
+                  f"{s['defaults']['validation']:.4f}), trials {s['trials']}, wall {tuned['wall_seconds']:.0f} s of {seconds(budget)}; mean test over "
                   f"seeds {sorted(by_seed)}: {entry['lstmcli_mean_test']:.4f}", flush=True)
         if args.part in (None, "fasttext"):
             anchor = entry["fasttext_autotune"] = fasttext_autotune(data, budget)
