@@ -33,7 +33,7 @@ test: install
 install-bench: install  ## fastText, the anchor the benchmarks compare against
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 
-bench: install-bench  ## speed figures (about 25 minutes; ARGS=--quick: under 3, into bench/results-quick.json); writes bench/results.json
+bench: install-bench  ## speed figures (over 90 minutes on 2 cores; ARGS=--quick: under 3, into bench/results-quick.json); writes bench/results.json
 	$(BIN)/python bench/run.py $(ARGS)
 
 bench-tune: install-bench  ## lstmcli tune vs fastText's autotune, same budgets and splits, lstmcli over seeds 0/1/2 (about 100 minutes); writes bench/tune-results.json
