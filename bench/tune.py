@@ -71,7 +71,7 @@ def lstmcli_tune(name: str, data: Path, budget: str, seed: int) -> dict:
     tuned = subprocess.run([sys.executable, "-m", "lstmcli", *command], cwd=ROOT, env=ENV, text=True,
                            capture_output=True)
     wall = time.perf_counter() - started
-    (out.parent / f"{out.name}.log").write_text(tuned.stderr)
+    (WORK / f"{out.name}.log").write_text(tuned.stderr)
     if tuned.returncode != 0:
         raise SystemExit(f"{name}: tune failed:\n{tuned.stderr[-2000:]}")
     summary = json.loads(tuned.stdout)
@@ -137,7 +137,8 @@ def main() -> None:
         data = dataset(name)
         entry = results.setdefault(name, {})
         entry.update(budget=budget, against=against(name))
-        for seed in args.seeds if args.part in (None, "lstmcli") else ():
+        seeds = args.seeds if args.part in (None, "lstmcli") else []
+        for seed in seeds:
             by_seed = entry.setdefault("lstmcli", {})
             tuned = by_seed[str(seed)] = lstmcli_tune(name, data, budget, seed)
             entry["lstmcli_mean_test"] = sum(t["test_accuracy"] for t in by_seed.values()) / len(by_seed)
@@ -145,8 +146,9 @@ def main() -> None:
             s = tuned["summary"]
             print(f"  lstmcli tune, seed {seed}: test {tuned['test_accuracy']:.4f} (defaults "
                   f"{s['defaults']['test']:.4f}; validation {s['validation']:.4f} vs "
-                  f"{s['defaults']['validation']:.4f}), trials {s['trials']}, wall {tuned['wall_seconds']:.0f} s of {seconds(budget)}; mean test over "
-                  f"seeds {sorted(by_seed)}: {entry['lstmcli_mean_test']:.4f}", flush=True)
+                  f"{s['defaults']['validation']:.4f}), trials {s['trials']}, wall {tuned['wall_seconds']:.0f} s "
+                  f"of {seconds(budget)}; mean test over seeds {sorted(by_seed)}: {entry['lstmcli_mean_test']:.4f}",
+                  flush=True)
         if args.part in (None, "fasttext"):
             anchor = entry["fasttext_autotune"] = fasttext_autotune(data, budget)
             path.write_text(json.dumps(results, indent=2) + "\n")
