@@ -10,13 +10,18 @@ import subprocess
 import sys
 import time
 import tomllib
+import types
 
+import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
 
 from conftest import OFFLINE, ROOT, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli.config import Config
-from lstmcli.tune import DEPENDENT, SPACE, default_params, parse_budget, recipes_params, settle, tune
+from lstmcli.loop import Validation
+from lstmcli.tune import (DEPENDENT, SPACE, default_params, parse_budget, pruner, pruning_hook, recipes_params, settle,
+                          tune)
 
 BUDGET = 15
 # Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
@@ -83,6 +88,35 @@ def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
         "dropout": Config.dropout, "adversarial_epsilon": Config.adversarial_epsilon}
     assert recipes_params({"adversarial_epsilon": 3.0})["adversarial"] == "at"
     assert "adversarial_epsilon" not in recipes_params({"adversarial_epsilon": 3.0})
+
+
+def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
+    """Trials evaluating every 2 steps, 10 batches an epoch, through the hook tune gives the training loop. A
+    trial of twice the epochs that learns as fast per share of its schedule is kept, though at any given step
+    it lies below the shorter trials; one that learns slower is stopped at its third tenth."""
+    study = optuna.create_study(direction="maximize", pruner=pruner())
+    quiet = types.SimpleNamespace(progress=lambda step, score: None)
+
+    def run(epochs: int, gain: float) -> int | None:
+        """The step at which the pruner stopped a trial whose accuracy is 0.5 + gain x (share of schedule)."""
+        trial = study.ask()
+        hook = pruning_hook(trial, Config(epochs=epochs), {"batches_per_epoch": 10}, quiet)
+        schedule = epochs * 10
+        try:
+            for step in range(2, schedule + 1, 2):
+                hook(step, Validation(0.5 + gain * step / schedule, {}, {}, ""))
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+        study.tell(trial, 0.5 + gain)
+        return None
+
+    assert run(epochs=4, gain=0.4) is None and run(epochs=4, gain=0.41) is None  # the finished trials
+    assert run(epochs=8, gain=0.405) is None
+    assert run(epochs=8, gain=0.2) == 24  # 24 of 80 steps: its third tenth
+    last = study.trials[2]
+    assert sorted(last.intermediate_values) == list(range(1, 11))
+    assert last.intermediate_values[3] == pytest.approx(0.5 + 0.405 * 24 / 80)  # the best score when it passed 3/10
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
