@@ -29,6 +29,7 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -297,7 +298,8 @@ def run_trial(study: optuna.Study, fixed: dict, plan: dict, out: Path, deadline:
     finish_trial(study, trial, final, round(time.monotonic() - started, 1), run, out)
 
 
-def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsView):
+def pruning_hook(trial: optuna.Trial, config: Config, plan: dict,
+                 view: TrialsView) -> Callable[[int, loop.Validation], None]:
     """The evaluation hook that reports the trial's best score so far at each tenth of its schedule it passed,
     and stops it when the pruner says so."""
     schedule = config.epochs * plan["batches_per_epoch"]
