@@ -114,9 +114,10 @@ def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
     assert run(epochs=4, gain=0.4) is None and run(epochs=4, gain=0.41) is None  # the finished trials
     assert run(epochs=8, gain=0.405) is None
     assert run(epochs=8, gain=0.2) == 24  # 24 of 80 steps: its third tenth
-    last = study.trials[2]
-    assert sorted(last.intermediate_values) == list(range(1, 11))
-    assert last.intermediate_values[3] == pytest.approx(0.5 + 0.405 * 24 / 80)  # the best score when it passed 3/10
+    slow_starter = study.trials[2]
+    assert sorted(slow_starter.intermediate_values) == list(range(1, 11))
+    # Each tenth holds the best score when the trial passed it.
+    assert slow_starter.intermediate_values[3] == pytest.approx(0.5 + 0.405 * 24 / 80)
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
