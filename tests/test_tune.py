@@ -93,7 +93,7 @@ def test_trial_1_is_the_defaults_with_what_the_recipes_share_unless_fixed():
 def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
     """Trials evaluating every 2 steps, 10 batches an epoch, through the hook tune gives the training loop. A
     trial of twice the epochs that learns as fast per share of its schedule is kept, though at any given step
-    it lies below the shorter trials; one that learns slower is stopped at its third tenth."""
+    it lies below the shorter trials; one that learns slower is stopped half way."""
     study = optuna.create_study(direction="maximize", pruner=pruner())
     quiet = types.SimpleNamespace(progress=lambda step, score: None)
 
@@ -113,7 +113,7 @@ def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
 
     assert run(epochs=4, gain=0.4) is None and run(epochs=4, gain=0.41) is None  # the finished trials
     assert run(epochs=8, gain=0.405) is None
-    assert run(epochs=8, gain=0.2) == 24  # 24 of 80 steps: its third tenth
+    assert run(epochs=8, gain=0.2) == 40  # 40 of 80 steps: half its schedule
     slow_starter = study.trials[2]
     assert sorted(slow_starter.intermediate_values) == list(range(1, 11))
     # Each tenth holds the best score when the trial passed it.
