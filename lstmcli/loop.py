@@ -134,9 +134,7 @@ class Training:
         self.objective, self.config, self.runtime, self.out, self.record = objective, config, runtime, out, record
         self.report, self.hooks, self.command, self.weights, self.position = report, hooks, command, weights, position
         self.evaluated_at = evaluated_at  # the step of the last evaluation
-        self.total_steps = config.epochs * objective.batches_per_epoch
-        if config.max_steps:
-            self.total_steps = min(self.total_steps, config.max_steps)
+        self.total_steps = schedule_steps(config, objective.batches_per_epoch)
         self.warmup_steps = int(config.warmup * self.total_steps)
         self.train_loss, self.speed, self.out_of_time = float("nan"), Throughput(), False
         self.resumed_elapsed, self.started = position["elapsed"], time.monotonic()
@@ -272,6 +270,12 @@ def take_step(weights: Weights, objective: Objective, batch: Batch, step: int, l
     if weights.averaged:
         weights.averaged.update_parameters(weights.model)
     return sums
+
+
+def schedule_steps(config: Config, batches_per_epoch: int) -> int:
+    """The steps a run trains for: its epochs, cut at --max-steps."""
+    total = config.epochs * batches_per_epoch
+    return min(total, config.max_steps) if config.max_steps else total
 
 
 def learning_rate(step: int, total: int, warmup: int, config: Config) -> float:

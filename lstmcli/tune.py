@@ -304,9 +304,7 @@ def pruning_hook(trial: optuna.Trial, config: Config, plan: dict,
                  view: TrialsView) -> Callable[[int, loop.Validation], None]:
     """The evaluation hook that reports the trial's best score so far at each tenth of its schedule it passed,
     and stops it when the pruner says so."""
-    schedule = config.epochs * plan["batches_per_epoch"]
-    if config.max_steps:
-        schedule = min(schedule, config.max_steps)
+    schedule = loop.schedule_steps(config, plan["batches_per_epoch"])
     reported, best = 0, 0.0
 
     def after_evaluation(step: int, validation: loop.Validation) -> None:
