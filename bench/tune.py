@@ -90,11 +90,17 @@ def fasttext_autotune(data: Path, budget: str) -> dict:
     child = multiprocessing.Process(target=fasttext_child, args=(data, budget, sending))
     started = time.perf_counter()
     child.start()
+    sending.close()  # the child's end only: a child that dies closes the pipe, and poll() sees it at once
     finished = receiving.poll(2 * seconds(budget))
-    result = receiving.recv() if finished else dict(test_accuracy=None, timed_out=True,
-                                                     wall_seconds=time.perf_counter() - started)
-    child.kill()
-    child.join()
+    try:
+        result = receiving.recv() if finished else dict(test_accuracy=None, timed_out=True,
+                                                         wall_seconds=time.perf_counter() - started)
+    except EOFError:
+        raise SystemExit("fastText's autotune failed (its traceback is above): is fastText installed? "
+                         "make bench-tune installs it.") from None
+    finally:
+        child.kill()
+        child.join()
     return result
 
 

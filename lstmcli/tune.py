@@ -4,10 +4,11 @@ Optuna's TPE sampler proposes settings; each trial is an ordinary `train.train` 
 four times per epoch, and the loop's evaluation hook feeds those validation accuracies to a percentile
 pruner at each tenth of the trial's own schedule, which stops a trial whose best so far lies in the lowest
 quarter of the finished trials at the same share of theirs (from half its schedule on). The budget is a
-deadline that the training loop itself checks at every step. Trial 0 trains the defaults (with the flags the
-user fixed), so the result is never worse than them. Settings are chosen on validation data only (a hashed
-holdout of train when the dataset's only other split is its test split); the test split just scores the kept
-run.
+deadline that the training loop itself checks at every step, and a trial stops as soon as its pace (from its
+second evaluation on) shows that it would still be training at the deadline: cut short, it could not compete.
+Trial 0 trains the defaults (with the flags the user fixed), so the result is never worse than them. Settings
+are chosen on validation data only (a hashed holdout of train when the dataset's only other split is its test
+split); the test split just scores the kept run.
 
     <output-dir>/
       study.db      the Optuna study (SQLite); --resume continues it
@@ -278,7 +279,11 @@ def run_trial(study: optuna.Study, fixed: dict, plan: dict, out: Path, deadline:
     started = time.monotonic()
     try:
         final = train(config, overwrite=True, quiet=True, cache_dir=out / CACHE,
-                      hooks=loop.Hooks(after_evaluation=pruning_hook(trial, config, plan, view), deadline=deadline))
+                      hooks=loop.Hooks(after_evaluation=pruning_hook(trial, config, plan, view, deadline),
+                                       deadline=deadline))
+    except CannotFinish:
+        set_aside_as_cut(study, trial, round(time.monotonic() - started, 1), run)
+        return
     except optuna.TrialPruned:
         trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
         study.tell(trial, state=TrialState.PRUNED)
@@ -300,12 +305,19 @@ def run_trial(study: optuna.Study, fixed: dict, plan: dict, out: Path, deadline:
     finish_trial(study, trial, final, round(time.monotonic() - started, 1), run, out)
 
 
-def pruning_hook(trial: optuna.Trial, config: Config, plan: dict,
-                 view: TrialsView) -> Callable[[int, loop.Validation], None]:
+class CannotFinish(Exception):
+    """A trial whose pace shows that it would still be training at the deadline."""
+
+
+def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsView,
+                 deadline: float | None = None) -> Callable[[int, loop.Validation], None]:
     """The evaluation hook that reports the trial's best score so far at each tenth of its schedule it passed,
-    and stops it when the pruner says so."""
+    and stops it when the pruner says so, or when its pace says it would not finish before `deadline`."""
     schedule = loop.schedule_steps(config, plan["batches_per_epoch"])
     reported, best = 0, 0.0
+    # A trial cut by the deadline does not compete, so the time it would take is better spent on others. Not
+    # trial 0: it may still stop early by patience in time, and without it the search keeps nothing.
+    end_of_schedule = finish_forecast(schedule) if deadline is not None and trial.number > 0 else None
 
     def after_evaluation(step: int, validation: loop.Validation) -> None:
         nonlocal reported, best
@@ -318,8 +330,27 @@ def pruning_hook(trial: optuna.Trial, config: Config, plan: dict,
             reported = passed
             if trial.should_prune():
                 raise optuna.TrialPruned()
+        if end_of_schedule and end_of_schedule(step) > deadline:
+            raise CannotFinish()
 
     return after_evaluation
+
+
+def finish_forecast(schedule: int) -> Callable[[int], float]:
+    """Called at each evaluation with its step: when (time.monotonic()) the trial will reach the end of its
+    schedule at the pace it kept since its first evaluation (so start-up and tokenizing do not count), or 0
+    before the pace is known."""
+    first: tuple[float, int] | None = None
+
+    def forecast(step: int) -> float:
+        nonlocal first
+        now = time.monotonic()
+        if first is None:
+            first = (now, step)
+            return 0.0
+        return now + (now - first[0]) / max(1, step - first[1]) * (schedule - step)
+
+    return forecast
 
 
 def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds: float, run: Path, out: Path) -> None:
@@ -328,12 +359,7 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds:
     trial.set_user_attr("steps", final["train"]["steps"])
     trial.set_user_attr("test_accuracy", final["test"]["accuracy"] if final["test"] else None)
     if final["train"]["stopped_by_deadline"]:
-        # Cut short by the budget: its settings did not get their epochs, so it does not compete; --resume
-        # runs it again first.
-        trial.set_user_attr("cut", True)
-        study.tell(trial, state=TrialState.PRUNED)
-        study.enqueue_trial(trial.params)
-        shutil.rmtree(run, ignore_errors=True)
+        set_aside_as_cut(study, trial, seconds, run)
         return
     value = final["validation"]["accuracy"]
     study.tell(trial, value)
@@ -343,6 +369,16 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds:
         study.set_user_attr("best_trial", trial.number)
     else:
         shutil.rmtree(run)
+
+
+def set_aside_as_cut(study: optuna.Study, trial: optuna.Trial, seconds: float, run: Path) -> None:
+    """A trial cut short by the budget: its settings did not get their epochs, so it does not compete;
+    --resume runs it again first."""
+    trial.set_user_attr("seconds", seconds)
+    trial.set_user_attr("cut", True)
+    study.tell(trial, state=TrialState.PRUNED)
+    study.enqueue_trial(trial.params)
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def keep(run: Path, out: Path) -> None:

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from conftest import OFFLINE, ROOT, assert_one_line_error, make_rows, named, run_cli, write_jsonl, write_splits
 from lstmcli.config import Config
 from lstmcli.loop import Validation
-from lstmcli.tune import (DEPENDENT, SPACE, default_params, parse_budget, pruner, pruning_hook, recipes_params, settle,
-                          tune)
+from lstmcli.tune import (DEPENDENT, SPACE, CannotFinish, default_params, parse_budget, pruner, pruning_hook,
+                          recipes_params, settle, tune)
 
 BUDGET = 15
 # Fixed for every trial, to keep trials short even on a busy machine; --epochs and --hidden-size are searched
@@ -118,6 +118,34 @@ def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
     assert sorted(slow_starter.intermediate_values) == list(range(1, 11))
     # Each tenth holds the best score when the trial passed it.
     assert slow_starter.intermediate_values[3] == pytest.approx(0.5 + 0.405 * 24 / 80)
+
+
+def test_a_trial_that_could_not_finish_by_the_deadline_stops_when_its_pace_shows_it(monkeypatch):
+    """Evaluations every 2 steps of an 80-step schedule, 1 s apart after a 30 s start: 0.5 s a step. With the
+    deadline at 60 s, the pace at the second evaluation (step 4, 31 s) puts the end at 69 s: stopped there.
+    With it at 70 s the trial runs on to its end, and trial 0 (the defaults) always does."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr("lstmcli.tune.time.monotonic", lambda: clock.now)
+    study = optuna.create_study(direction="maximize", pruner=pruner())
+    quiet = types.SimpleNamespace(progress=lambda step, score: None)
+
+    def run(deadline: float) -> int | None:
+        """The step at which the trial was stopped for want of time, or None if it ran to its end."""
+        trial = study.ask()
+        hook = pruning_hook(trial, Config(epochs=8), {"batches_per_epoch": 10}, quiet, deadline)
+        try:
+            for step in range(2, 81, 2):
+                clock.now = 30 + (step - 2) / 2
+                hook(step, Validation(0.5, {}, {}, ""))
+        except CannotFinish:
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+        study.tell(trial, 0.5)
+        return None
+
+    assert run(deadline=60) is None  # trial 0
+    assert run(deadline=60) == 4
+    assert run(deadline=70) is None
 
 
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
