@@ -281,8 +281,8 @@ def run_trial(study: optuna.Study, fixed: dict, plan: dict, out: Path, deadline:
         final = train(config, overwrite=True, quiet=True, cache_dir=out / CACHE,
                       hooks=loop.Hooks(after_evaluation=pruning_hook(trial, config, plan, view, deadline),
                                        deadline=deadline))
-    except CannotFinish:
-        set_aside_as_cut(study, trial, round(time.monotonic() - started, 1), run)
+    except CannotFinish:  # not queued again: the search goes on, and would draw the same trial at once
+        set_aside_as_cut(study, trial, round(time.monotonic() - started, 1), run, run_on_resume=False)
         return
     except optuna.TrialPruned:
         trial.set_user_attr("seconds", round(time.monotonic() - started, 1))
@@ -359,7 +359,7 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds:
     trial.set_user_attr("steps", final["train"]["steps"])
     trial.set_user_attr("test_accuracy", final["test"]["accuracy"] if final["test"] else None)
     if final["train"]["stopped_by_deadline"]:
-        set_aside_as_cut(study, trial, seconds, run)
+        set_aside_as_cut(study, trial, seconds, run, run_on_resume=True)
         return
     value = final["validation"]["accuracy"]
     study.tell(trial, value)
@@ -371,13 +371,14 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, final: dict, seconds:
         shutil.rmtree(run)
 
 
-def set_aside_as_cut(study: optuna.Study, trial: optuna.Trial, seconds: float, run: Path) -> None:
-    """A trial cut short by the budget: its settings did not get their epochs, so it does not compete;
-    --resume runs it again first."""
+def set_aside_as_cut(study: optuna.Study, trial: optuna.Trial, seconds: float, run: Path, run_on_resume: bool) -> None:
+    """A trial cut short by the budget: its settings did not get their epochs, so it does not compete; with
+    `run_on_resume`, --resume runs it again first."""
     trial.set_user_attr("seconds", seconds)
     trial.set_user_attr("cut", True)
     study.tell(trial, state=TrialState.PRUNED)
-    study.enqueue_trial(trial.params)
+    if run_on_resume:
+        study.enqueue_trial(trial.params)
     shutil.rmtree(run, ignore_errors=True)
 
 

@@ -148,6 +148,21 @@ def test_a_trial_that_could_not_finish_by_the_deadline_stops_when_its_pace_shows
     assert run(deadline=70) is None
 
 
+def test_trials_stopped_for_want_of_time_give_way_to_new_ones(tmp_path, monkeypatch):
+    """Every trial after the defaults forecast to end past the deadline: each is set aside at its first
+    evaluation, and the search draws new settings rather than the same trial again."""
+    monkeypatch.setattr("lstmcli.tune.finish_forecast", lambda schedule: lambda step: float("inf"))
+    data = write_splits(tmp_path / "data", train=400, validation=100, test=100, seed=3)
+    fixed = dict(dataset=str(data), embed_dim=16, batch_size=16, threads=1, min_frequency=1, epochs=3,
+                 hidden_size=32)
+    summary = tune(fixed, budget=BUDGET, output_dir=tmp_path / "tuned", quiet=True)
+    rows = trials_of(tmp_path / "tuned")
+    cut = [row for row in rows if row["state"] == "cut by budget"]
+    assert summary["best_trial"] == 0 and rows[0]["state"] == "complete"
+    assert len(cut) >= 2, rows
+    assert len({tuple(row[name] for name in SPACE) for row in cut}) == len(cut)
+
+
 def test_best_run_is_kept_as_trained_and_eval_scores_it(searched, cli):
     out, summary, _ = searched
     best = out / "best"
