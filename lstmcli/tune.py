@@ -330,7 +330,8 @@ def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsVi
             reported = passed
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        if end_of_schedule and end_of_schedule(step) > deadline:
+        # Past the deadline the loop has cut the trial itself, and --resume runs such a trial again.
+        if end_of_schedule and end_of_schedule(step) > deadline > time.monotonic():
             raise CannotFinish()
 
     return after_evaluation

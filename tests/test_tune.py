@@ -146,6 +146,10 @@ def test_a_trial_that_could_not_finish_by_the_deadline_stops_when_its_pace_shows
     assert run(deadline=60) is None  # trial 0
     assert run(deadline=60) == 4
     assert run(deadline=70) is None
+    # The evaluation the loop makes when the deadline cut it: set aside by the loop, to run again on --resume.
+    hook = pruning_hook(study.ask(), Config(epochs=8), {"batches_per_epoch": 10}, quiet, deadline=31)
+    for step, clock.now in ((2, 30), (4, 32)):
+        hook(step, Validation(0.5, {}, {}, ""))
 
 
 def test_trials_stopped_for_want_of_time_give_way_to_new_ones(tmp_path, monkeypatch):
