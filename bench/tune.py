@@ -90,7 +90,7 @@ def fasttext_autotune(data: Path, budget: str) -> dict:
     child = multiprocessing.Process(target=fasttext_child, args=(data, budget, sending))
     started = time.perf_counter()
     child.start()
-    sending.close()  # the child's end only: a child that dies closes the pipe, and poll() sees it at once
+    sending.close()  # the child holds the only writing end now: if it dies, poll() sees the pipe closed at once
     finished = receiving.poll(2 * seconds(budget))
     try:
         result = receiving.recv() if finished else dict(test_accuracy=None, timed_out=True,

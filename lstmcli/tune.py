@@ -310,14 +310,14 @@ class CannotFinish(Exception):
 
 
 def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsView,
-                 deadline: float | None = None) -> Callable[[int, loop.Validation], None]:
+                 deadline: float) -> Callable[[int, loop.Validation], None]:
     """The evaluation hook that reports the trial's best score so far at each tenth of its schedule it passed,
     and stops it when the pruner says so, or when its pace says it would not finish before `deadline`."""
     schedule = loop.schedule_steps(config, plan["batches_per_epoch"])
     reported, best = 0, 0.0
     # A trial cut by the deadline does not compete, so the time it would take is better spent on others. Not
     # trial 0: it may still stop early by patience in time, and without it the search keeps nothing.
-    end_of_schedule = finish_forecast(schedule) if deadline is not None and trial.number > 0 else None
+    end_of_schedule = finish_forecast(schedule) if trial.number > 0 else None
 
     def after_evaluation(step: int, validation: loop.Validation) -> None:
         nonlocal reported, best

@@ -3,6 +3,7 @@ never validates on the test split."""
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -100,7 +101,7 @@ def test_pruner_compares_trials_at_the_same_share_of_their_schedules():
     def run(epochs: int, gain: float) -> int | None:
         """The step at which the pruner stopped a trial whose accuracy is 0.5 + gain x (share of schedule)."""
         trial = study.ask()
-        hook = pruning_hook(trial, Config(epochs=epochs), {"batches_per_epoch": 10}, quiet)
+        hook = pruning_hook(trial, Config(epochs=epochs), {"batches_per_epoch": 10}, quiet, deadline=math.inf)
         schedule = epochs * 10
         try:
             for step in range(2, schedule + 1, 2):
