@@ -96,6 +96,15 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
     return result
 
 
+def majority_class(result: dict) -> tuple[str, float] | None:
+    """The most common true class of an evaluated split and its share: the accuracy of a model that names it for
+    every text. None when fewer than two classes occur in the split (or the result has no confusion matrix)."""
+    support = np.asarray(result.get("confusion_matrix") or [[]]).sum(axis=1)
+    if (support > 0).sum() < 2:
+        return None
+    return result["labels"][int(support.argmax())], float(support.max() / support.sum())
+
+
 def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,
                  split: str | None = None, text_column: str | None = None, label_column: str | None = None,
                  batch_size: int = 256, device: str = "auto", threads: int = 0, quantize: bool = False,

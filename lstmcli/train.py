@@ -24,7 +24,7 @@ from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
     pick_columns, read_rows, texts_only
 from .errors import UserError
-from .evaluate import confusion, metrics
+from .evaluate import confusion, majority_class, metrics
 from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
 from .terminal import Reporter
@@ -103,6 +103,7 @@ def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrit
         if final["test"]:
             summary += f", test accuracy {final['test']['accuracy']:.4f}"
         report.say(f"done in {final['train']['seconds']:.0f}s: {summary}; best weights in {out}")
+        warn_if_nothing_learned(validation, config, report)
     distributed.barrier(runtime)
     return final
 
@@ -248,6 +249,21 @@ def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: Pr
 
     return loop.Objective(model, batches_per_epoch, plan, make_batch, loss, progress, validate,
                           second_loss=adversarial_loss if adversary else None)
+
+
+def warn_if_nothing_learned(validation: dict, config: Config, report: Reporter) -> None:
+    """Say so when the kept weights score no better on validation than naming its most common class for every
+    text: the run ended with a model that has learned nothing, though it finished without an error."""
+    majority = majority_class(validation)
+    if majority is None or validation["accuracy"] > majority[1]:
+        return
+    # Seen in tune: a 2-layer BiLSTM with mean pooling and --adversarial-epsilon 5 stayed at 0.500 on Rotten
+    # Tomatoes, where --adversarial none learned (docs/experiments.md, Tuning).
+    push = (f", a smaller --adversarial-epsilon (now {config.adversarial_epsilon:g}) or --adversarial none"
+            if config.adversarial != "none" else "")
+    report.warn(f"validation accuracy {validation['accuracy']:.4f} is no better than answering {majority[0]!r} for "
+                f"every text ({majority[1]:.4f}): the model has not learned to tell the classes apart; try a lower "
+                f"--lr (now {config.lr:g}){push}, or more --epochs.")
 
 
 def split_metrics(model, encoded, class_ids: np.ndarray, labels: Labels, config: Config, runtime: Runtime) -> dict:
