@@ -3,8 +3,7 @@
 Optuna's TPE sampler proposes settings; each trial is an ordinary `train.train` run. Trials evaluate about
 four times per epoch, and the loop's evaluation hook feeds those validation accuracies to a percentile
 pruner at each tenth of the trial's own schedule, which stops a trial whose best so far lies in the lowest
-quarter of the finished trials at the same share of theirs (from half its schedule on), and stops at once a
-trial that a whole epoch left no better than naming the most common class for every text. The budget is a
+quarter of the finished trials at the same share of theirs (from half its schedule on). The budget is a
 deadline that the training loop itself checks at every step, and a trial stops as soon as its pace (from its
 second evaluation on) shows that it would still be training at the deadline: cut short, it could not compete.
 Trial 0 trains the defaults (with the flags the user fixed), so the result is never worse than them. Settings
@@ -45,7 +44,6 @@ from . import checkpoint, loop
 from .config import NOT_TUNABLE, Config, fields_in_group, option_name
 from .data import read_rows
 from .errors import Interrupted, UserError
-from .evaluate import majority_class
 from .runtime import torchrun_env
 from .train import open_training_source, train
 
@@ -314,8 +312,7 @@ class CannotFinish(Exception):
 def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsView,
                  deadline: float) -> Callable[[int, loop.Validation], None]:
     """The evaluation hook that reports the trial's best score so far at each tenth of its schedule it passed,
-    and stops it when the pruner says so, when a whole epoch left it no better than naming the most common class,
-    or when its pace says it would not finish before `deadline`."""
+    and stops it when the pruner says so, or when its pace says it would not finish before `deadline`."""
     schedule = loop.schedule_steps(config, plan["batches_per_epoch"])
     reported, best = 0, 0.0
     # A trial cut by the deadline does not compete, so the time it would take is better spent on others. Not
@@ -333,11 +330,6 @@ def pruning_hook(trial: optuna.Trial, config: Config, plan: dict, view: TrialsVi
             reported = passed
             if trial.should_prune():
                 raise optuna.TrialPruned()
-        # Such trials did not recover (Rotten Tomatoes: 0.500 for 374 steps, 122 s of a 10-minute budget), and the
-        # pruner cannot judge them before half their schedule. Not trial 0, which the search must keep.
-        majority = majority_class(validation.best)
-        if trial.number > 0 and step >= plan["batches_per_epoch"] and majority and best <= majority[1]:
-            raise optuna.TrialPruned()
         # Past the deadline the loop has cut the trial itself, and --resume runs such a trial again.
         if end_of_schedule and end_of_schedule(step) > deadline > time.monotonic():
             raise CannotFinish()

@@ -153,33 +153,6 @@ def test_a_trial_that_could_not_finish_by_the_deadline_stops_when_its_pace_shows
         hook(step, Validation(0.5, {}, {}, ""))
 
 
-def test_a_trial_that_an_epoch_left_no_better_than_the_most_common_class_is_pruned():
-    """10 batches an epoch, evaluations every 2 steps; three in four validation texts are 'b'. A trial that
-    answers 'b' for every text is pruned at step 10, the end of its first epoch; trial 0 (the defaults) and a
-    trial that does better run to their end."""
-    study = optuna.create_study(direction="maximize", pruner=pruner())
-    quiet = types.SimpleNamespace(progress=lambda step, score: None)
-    only_b = dict(accuracy=0.75, confusion_matrix=[[0, 10], [0, 30]], labels=["a", "b"])
-    better = dict(accuracy=0.8, confusion_matrix=[[4, 6], [2, 28]], labels=["a", "b"])
-
-    def run(metrics: dict) -> int | None:
-        """The step at which the trial was pruned, or None if it ran to its end."""
-        trial = study.ask()
-        hook = pruning_hook(trial, Config(epochs=8), {"batches_per_epoch": 10}, quiet, math.inf)
-        try:
-            for step in range(2, 81, 2):
-                hook(step, Validation(metrics["accuracy"], metrics, {}, ""))
-        except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
-            return step
-        study.tell(trial, metrics["accuracy"])
-        return None
-
-    assert run(only_b) is None  # trial 0
-    assert run(only_b) == 10
-    assert run(better) is None
-
-
 def test_trials_stopped_for_want_of_time_give_way_to_new_ones(tmp_path, monkeypatch):
     """Every trial after the defaults forecast to end past the deadline: each is set aside at its first
     evaluation, and the search draws new settings rather than the same trial again."""
