@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import CONFIG, LOG, METRICS, REPORT, WEIGHTS, atomic_write, read_json
 from .config import Config, option_name
 from .errors import UserError
+from .evaluate import majority_class
 
 GENERATOR = "lstmcli report"  # marks files this module wrote, which it may replace
 MISTAKES = 20
@@ -91,6 +92,10 @@ def gather(directory: Path, *, dataset: str | None = None, split: str | None = N
     else:
         report.scored = score(directory, dataset=dataset, split=split, batch_size=batch_size, device=device,
                               threads=threads)
+        majority = majority_class(report.scored.metrics)
+        if majority and report.scored.metrics["accuracy"] <= majority[1]:
+            report.notes.append(f"On {report.scored.split}, the model does no better than answering {majority[0]!r} "
+                                "for every text: it has not learned to tell the classes apart.")
     return report
 
 
@@ -347,8 +352,8 @@ def _scored_sections(scored: Scored, figures: dict[str, bytes]) -> str:
     return "".join([
         f"<h2>Confusion matrix: {escape(where)}</h2>",
         f"<p>{result['num_examples']:,} examples, accuracy {result['accuracy']:.4f}, macro-F1 "
-        f"{result['macro_f1']:.4f}. Rows are the true classes; each cell shows its count, shaded by its "
-        "share of the row.</p>",
+        f"{result['macro_f1']:.4f}{_baseline(result)}. Rows are the true classes; each cell shows its count, shaded "
+        "by its share of the row.</p>",
         _image(figures, "confusion-matrix", "confusion matrix"),
         "<h2>Per-class scores</h2>",
         _image(figures, "per-class", "per-class precision, recall and F1"),
@@ -358,6 +363,11 @@ def _scored_sections(scored: Scored, figures: dict[str, bytes]) -> str:
         f"<table><tr><th>text</th><th>true</th><th>predicted</th><th>probability</th></tr>{mistakes}</table>"
         if scored.mistakes else "<p>No mistakes on this split.</p>",
     ])
+
+
+def _baseline(result: dict) -> str:
+    majority = majority_class(result)
+    return f"; answering {majority[0]!r} for every text would score {majority[1]:.4f}" if majority else ""
 
 
 def _shorten(text: str) -> str:

@@ -64,6 +64,17 @@ def write_splits(folder: Path, *, train: int, validation: int, test: int, seed: 
     return folder
 
 
+def write_uninformative_splits(folder: Path) -> Path:
+    """train/validation.jsonl of filler texts that say nothing about their labels, three in four 'positive':
+    the best a model can do on validation is to answer 'positive' every time."""
+    rng = random.Random(0)
+    for split, count in (("train", 200), ("validation", 40)):
+        write_jsonl(folder / f"{split}.jsonl",
+                    [{"text": " ".join(rng.choices(FILLER, k=6)), "label": "negative" if i % 4 == 0 else "positive"}
+                     for i in range(count)])
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """A folder with train/validation/test.jsonl, string labels negative/positive."""

@@ -2,12 +2,11 @@
 
 import dataclasses
 import json
-import random
 import re
 
 import pytest
 
-from conftest import FILLER, TINY, assert_one_line_error, make_rows, run_cli, write_jsonl
+from conftest import TINY, assert_one_line_error, make_rows, run_cli, write_jsonl, write_uninformative_splits
 from lstmcli.config import PRETRAIN_ONLY, Config, option_name
 
 
@@ -102,16 +101,10 @@ def test_eval_on_another_dataset_with_the_same_labels(tiny_run, tmp_path, cli):
 
 
 def test_a_run_that_learned_nothing_says_so(tmp_path, tiny_dataset, cli):
-    # Texts that say nothing about their label, three in four positive: the best a model can do on validation
-    # is to answer "positive" every time, which a run must not pass off as a result.
-    rng = random.Random(0)
-    for split, count in (("train", 200), ("validation", 40)):
-        write_jsonl(tmp_path / "blank" / f"{split}.jsonl",
-                    [{"text": " ".join(rng.choices(FILLER, k=6)), "label": "negative" if i % 4 == 0 else "positive"}
-                     for i in range(count)])
+    # The best a model can do there is to answer "positive" every time, which a run must not pass off as a result.
     talkative = [arg for arg in TINY if arg != "--quiet"]
-    code, _, err = cli("train", "--dataset", tmp_path / "blank", "--output-dir", tmp_path / "blank-run",
-                       "--adversarial", "at", *talkative)
+    code, _, err = cli("train", "--dataset", write_uninformative_splits(tmp_path / "blank"), "--output-dir",
+                       tmp_path / "blank-run", "--adversarial", "at", *talkative)
     assert code == 0, err
     warning = [line for line in err.splitlines() if "no better than answering" in line]
     assert len(warning) == 1 and "'positive' for every text (0.7500)" in warning[0], err

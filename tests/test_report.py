@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from conftest import TINY_SETTINGS, assert_one_line_error, write_jsonl
+from conftest import TINY_SETTINGS, assert_one_line_error, write_jsonl, write_uninformative_splits
 from lstmcli.config import Config
 from lstmcli.evaluate import evaluate_run
 from lstmcli.report import gather, learning_curves, write_report
@@ -85,6 +85,12 @@ def test_report_of_a_finished_run_is_self_contained_and_counts_as_eval_does(tiny
         row = page.cells.index(name)
         assert page.cells[row + 1:row + 5] == [f"{scores['precision']:.4f}", f"{scores['recall']:.4f}",
                                                f"{scores['f1']:.4f}", f"{scores['support']:,}"]
+    support = [sum(row) for row in evaluated["confusion_matrix"]]
+    common = max(range(len(support)), key=support.__getitem__)
+    text = "".join(page.text)
+    assert (f"answering {evaluated['labels'][common]!r} for every text would score "
+            f"{support[common] / sum(support):.4f}") in text
+    assert "has not learned" not in text
     wrong = sum(map(sum, evaluated["confusion_matrix"])) - sum(evaluated["confusion_matrix"][i][i] for i in (0, 1))
     assert len(scored.mistakes) == min(wrong, 20)
     probabilities = [m["probability"] for m in scored.mistakes]
@@ -122,6 +128,15 @@ def test_many_classes_and_names_that_need_escaping(tmp_path, classes):
     scored = gather(run, threads=1).scored
     assert len(scored.metrics["confusion_matrix"]) == classes
     assert scored.metrics["confusion_matrix"] == evaluate_run(run, threads=1)["confusion_matrix"]
+
+
+def test_a_run_that_learned_nothing_is_called_so(tmp_path):
+    run = tmp_path / "blank-run"
+    train(Config(dataset=str(write_uninformative_splits(tmp_path / "blank")), output_dir=str(run), **TINY_SETTINGS),
+          quiet=True)
+    text = "".join(assert_self_contained(write_report(run, threads=1).read_text(encoding="utf-8")).text)
+    assert "On validation, the model does no better than answering 'positive' for every text" in text
+    assert "answering 'positive' for every text would score 0.7500" in text
 
 
 def test_a_run_still_training_and_one_without_weights(tiny_run, tmp_path):
