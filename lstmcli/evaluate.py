@@ -82,6 +82,7 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
                    where=precision + recall > 0)
     # Like scikit-learn, average over the classes that occur in the truth or the predictions.
     present = (support > 0) | (predicted > 0)
+    common = int(support.argmax())
     result = dict(
         accuracy=float(correct.sum() / total) if total else 0.0,
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
@@ -90,19 +91,14 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
         confusion_matrix=matrix.tolist(),
         labels=list(names),
         num_examples=total,
+        # The accuracy of answering the most common class for every text: what a model must beat to have learned
+        # anything. None where fewer than two classes occur.
+        majority=(dict(label=names[common], accuracy=float(support[common] / total)) if (support > 0).sum() > 1
+                  else None),
     )
     if loss is not None and total:
         result["loss"] = loss / total
     return result
-
-
-def majority_class(result: dict) -> tuple[str, float] | None:
-    """The most common true class of an evaluated split and its share: the accuracy of a model that names it for
-    every text. None when fewer than two classes occur in the split (or the result has no confusion matrix)."""
-    support = np.asarray(result.get("confusion_matrix") or [[]]).sum(axis=1)
-    if (support > 0).sum() < 2:
-        return None
-    return result["labels"][int(support.argmax())], float(support.max() / support.sum())
 
 
 def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,

@@ -23,7 +23,6 @@ import numpy as np
 from .checkpoint import CONFIG, LOG, METRICS, REPORT, WEIGHTS, atomic_write, read_json
 from .config import Config, option_name
 from .errors import UserError
-from .evaluate import majority_class
 
 GENERATOR = "lstmcli report"  # marks files this module wrote, which it may replace
 MISTAKES = 20
@@ -92,10 +91,10 @@ def gather(directory: Path, *, dataset: str | None = None, split: str | None = N
     else:
         report.scored = score(directory, dataset=dataset, split=split, batch_size=batch_size, device=device,
                               threads=threads)
-        majority = majority_class(report.scored.metrics)
-        if majority and report.scored.metrics["accuracy"] <= majority[1]:
-            report.notes.append(f"On {report.scored.split}, the model does no better than answering {majority[0]!r} "
-                                "for every text: it has not learned to tell the classes apart.")
+        majority = report.scored.metrics["majority"]
+        if majority and report.scored.metrics["accuracy"] <= majority["accuracy"]:
+            report.notes.append(f"On {report.scored.split}, the model does no better than answering "
+                                f"{majority['label']!r} for every text: it has not learned to tell the classes apart.")
     return report
 
 
@@ -366,8 +365,9 @@ def _scored_sections(scored: Scored, figures: dict[str, bytes]) -> str:
 
 
 def _baseline(result: dict) -> str:
-    majority = majority_class(result)
-    return f"; answering {majority[0]!r} for every text would score {majority[1]:.4f}" if majority else ""
+    majority = result["majority"]
+    return (f"; answering {escape(repr(majority['label']))} for every text would score {majority['accuracy']:.4f}"
+            if majority else "")
 
 
 def _shorten(text: str) -> str:

@@ -57,8 +57,10 @@ def human(number: float) -> str:
 def print_metrics(result: dict, title: str, console: Console | None = None) -> None:
     """Accuracy and macro-F1, then per-class scores and the confusion matrix, as tables."""
     console = console or Console(highlight=False)
+    majority = result["majority"]
+    baseline = f" (answering {majority['label']!r} for every text: {majority['accuracy']:.4f})" if majority else ""
     console.print(f"{title}: accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
-                  f"{result['num_examples']:,} examples", markup=False, style="bold")
+                  f"{result['num_examples']:,} examples{baseline}", markup=False, style="bold")
     per_class = Table("class", "precision", "recall", "F1", "support")
     for name, scores in result["per_class"].items():
         per_class.add_row(name, f"{scores['precision']:.4f}", f"{scores['recall']:.4f}", f"{scores['f1']:.4f}",

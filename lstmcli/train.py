@@ -24,7 +24,7 @@ from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
     pick_columns, read_rows, texts_only
 from .errors import UserError
-from .evaluate import confusion, majority_class, metrics
+from .evaluate import confusion, metrics
 from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
 from .terminal import Reporter
@@ -254,16 +254,16 @@ def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: Pr
 def warn_if_nothing_learned(validation: dict, config: Config, report: Reporter) -> None:
     """Say so when the kept weights score no better on validation than naming its most common class for every
     text: the run ended with a model that has learned nothing, though it finished without an error."""
-    majority = majority_class(validation)
-    if majority is None or validation["accuracy"] > majority[1]:
+    majority = validation["majority"]
+    if majority is None or validation["accuracy"] > majority["accuracy"]:
         return
     # Seen in tune: a 2-layer BiLSTM with mean pooling and --adversarial-epsilon 5 stayed at 0.500 on Rotten
     # Tomatoes, where --adversarial none learned (docs/experiments.md, Tuning).
     push = (f", a smaller --adversarial-epsilon (now {config.adversarial_epsilon:g}) or --adversarial none"
             if config.adversarial != "none" else "")
-    report.warn(f"validation accuracy {validation['accuracy']:.4f} is no better than answering {majority[0]!r} for "
-                f"every text ({majority[1]:.4f}): the model has not learned to tell the classes apart; try a lower "
-                f"--lr (now {config.lr:g}){push}, or more --epochs.")
+    report.warn(f"validation accuracy {validation['accuracy']:.4f} is no better than answering {majority['label']!r} "
+                f"for every text ({majority['accuracy']:.4f}): the model has not learned to tell the classes apart; "
+                f"try a lower --lr (now {config.lr:g}){push}, or more --epochs.")
 
 
 def split_metrics(model, encoded, class_ids: np.ndarray, labels: Labels, config: Config, runtime: Runtime) -> dict:

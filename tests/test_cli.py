@@ -60,9 +60,11 @@ def test_train_eval_predict_in_new_processes(tmp_path, tiny_dataset):
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "num_examples"} <= set(result)
     assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert result["labels"] == ["negative", "positive"] and result["num_examples"] == 100
+    assert result["majority"] == {"label": "negative", "accuracy": 0.5}  # the generated splits alternate classes
 
     table = run_cli("eval", "--model-dir", run, env={"COLUMNS": "120"})
     assert table.returncode == 0 and "confusion matrix" in table.stdout and "positive" in table.stdout
+    assert "(answering 'negative' for every text: 0.5000)" in " ".join(table.stdout.split())  # as wrapped
 
     predicted = run_cli("predict", "--model-dir", run, "a wonderful superb film", "awful boring dreadful plot")
     assert predicted.returncode == 0, predicted.stderr
