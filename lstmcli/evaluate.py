@@ -101,6 +101,11 @@ def metrics(matrix: np.ndarray, names: list[str], loss: float | None = None) -> 
     return result
 
 
+def no_better_than_majority(result: dict) -> bool:
+    """Whether answering the split's most common class for every text scores as well as the model did."""
+    return bool(result["majority"]) and result["accuracy"] <= result["majority"]["accuracy"]
+
+
 def evaluate_run(model_dir, *, dataset: str | None = None, dataset_config: str | None = None,
                  split: str | None = None, text_column: str | None = None, label_column: str | None = None,
                  batch_size: int = 256, device: str = "auto", threads: int = 0, quantize: bool = False,

@@ -23,6 +23,7 @@ import numpy as np
 from .checkpoint import CONFIG, LOG, METRICS, REPORT, WEIGHTS, atomic_write, read_json
 from .config import Config, option_name
 from .errors import UserError
+from .evaluate import no_better_than_majority
 
 GENERATOR = "lstmcli report"  # marks files this module wrote, which it may replace
 MISTAKES = 20
@@ -91,10 +92,10 @@ def gather(directory: Path, *, dataset: str | None = None, split: str | None = N
     else:
         report.scored = score(directory, dataset=dataset, split=split, batch_size=batch_size, device=device,
                               threads=threads)
-        majority = report.scored.metrics["majority"]
-        if majority and report.scored.metrics["accuracy"] <= majority["accuracy"]:
+        if no_better_than_majority(report.scored.metrics):
             report.notes.append(f"On {report.scored.split}, the model does no better than answering "
-                                f"{majority['label']!r} for every text: it has not learned to tell the classes apart.")
+                                f"{report.scored.metrics['majority']['label']!r} for every text: it has not learned to "
+                                "tell the classes apart.")
     return report
 
 

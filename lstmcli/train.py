@@ -24,7 +24,7 @@ from .config import TOKENIZER_KINDS, Config, differences, from_mapping, merge
 from .data import HOLDOUT, Labels, RowCounts, Source, SplitChoice, choose_splits, class_label_names, open_source, \
     pick_columns, read_rows, texts_only
 from .errors import UserError
-from .evaluate import confusion, metrics
+from .evaluate import confusion, metrics, no_better_than_majority
 from .model import LSTMClassifier, count_parameters
 from .runtime import Runtime, setup
 from .terminal import Reporter
@@ -254,9 +254,9 @@ def classifier_objective(model: LSTMClassifier, training: LabelledRows, data: Pr
 def warn_if_nothing_learned(validation: dict, config: Config, report: Reporter) -> None:
     """Say so when the kept weights score no better on validation than naming its most common class for every
     text: the run ended with a model that has learned nothing, though it finished without an error."""
-    majority = validation["majority"]
-    if majority is None or validation["accuracy"] > majority["accuracy"]:
+    if not no_better_than_majority(validation):
         return
+    majority = validation["majority"]
     # Seen in tune: a 2-layer BiLSTM with mean pooling and --adversarial-epsilon 5 stayed at 0.500 on Rotten
     # Tomatoes, where --adversarial none learned (docs/experiments.md, Tuning).
     push = (f", a smaller --adversarial-epsilon (now {config.adversarial_epsilon:g}) or --adversarial none"
