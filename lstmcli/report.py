@@ -23,7 +23,7 @@ import numpy as np
 from .checkpoint import CONFIG, LOG, METRICS, REPORT, WEIGHTS, atomic_write, read_json
 from .config import Config, option_name
 from .errors import UserError
-from .evaluate import no_better_than_majority
+from .evaluate import evaluation_rows, metrics, no_better_than_majority
 
 GENERATOR = "lstmcli report"  # marks files this module wrote, which it may replace
 MISTAKES = 20
@@ -120,7 +120,6 @@ def score(directory: Path, *, dataset: str | None, split: str | None, batch_size
     data) and keep the confusion matrix and the most confident mistakes."""
     from .backends import load_scorer
     from .checkpoint import load_run
-    from .evaluate import evaluation_rows, metrics
     from .predict import Predictor
 
     run = load_run(directory)
