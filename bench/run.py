@@ -2,17 +2,17 @@
 
     python bench/run.py [--quick] [--only SECTION ...]
 
-Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw
-encode_batch), padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText),
-predict (cold start; batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows), threads,
-precision, segments (512-token texts in one pass vs in segments run side by side), packing, compile, save
-(seconds per resumable state), explain (top-2 vs random deletion on the SST-2 recipe's model), processes (1 vs
-2 under torchrun), profile, pretrain (the language model's output layer and step); and for deployment, on a
-2-layer BiLSTM trained on IMDB and exported: cold (one-text predict on ONNX vs torch vs `import torch`),
-backends (batch throughput and accuracy: torch fp32/bf16, ONNX fp32/int8), serve (32 concurrent clients
-against `lstmcli serve`). Every comparison runs in this one process and run, repeated, and reported as a
-median and a ratio: the machine is shared and noisy. Prints a table and writes bench/results.json (--quick:
-bench/results-quick.json); BENCHMARKS.md records a full run with its analysis.
+Sections: step (training step vs a bare PyTorch loop), pipeline (stream + tokenize + batch vs raw encode_batch),
+padding (padded share of IMDB batches), accuracy (time to a test accuracy, vs fastText), predict (cold start;
+batch throughput in fp32, bf16 and int8), memory (peak RSS on 20k vs 2M rows), threads, precision, segments
+(512-token texts in one pass vs in segments run side by side), packing, compile, save (seconds per resumable
+state), explain (top-2 vs random deletion on the SST-2 recipe's model), processes (1 vs 2 under torchrun),
+allocator (training with freed memory kept vs glibc's defaults), profile, pretrain (the language model's output
+layer and step); and for deployment, on a 2-layer BiLSTM trained on IMDB and exported: cold (one-text predict on
+ONNX vs torch vs `import torch`), backends (batch throughput and accuracy: torch fp32/bf16, ONNX fp32/int8),
+serve (32 concurrent clients against `lstmcli serve`). Every comparison runs in this one process and run,
+repeated, and reported as a median and a ratio: the machine is shared and noisy. Prints a table and writes
+bench/results.json (--quick: bench/results-quick.json); BENCHMARKS.md records a full run with its analysis.
 """
 
 from __future__ import annotations
@@ -445,6 +445,32 @@ class Bench:
             self.row("processes", f"{processes} process(es): training tokens/s, all ranks", rates[processes], None, "tok/s")
         self.row("processes", "2 processes vs 1", rates[2] / rates[1], None, "x")
 
+    def allocator(self):
+        print("allocator: training with glibc's malloc keeping freed memory for the next step (lstmcli's setting) "
+              "vs its defaults (large buffers mapped afresh each step); IMDB subset, the IMDB recipe's model")
+        subset = self.imdb_subset(2000 if self.quick else 4000, "imdb-allocator.jsonl")
+        flags = ["train", "--dataset", str(subset), "--bidirectional", "--max-length", "512", "--truncation",
+                 "head-tail", "--embedding-dropout", "0.5", "--epochs", "1", "--max-steps", "20" if self.quick else "60",
+                 "--threads", str(self.num_threads), "--quiet", "--overwrite", "--patience", "0"]
+        # The same CLI with the setting switched off: the one difference between the two children.
+        glibc_defaults = "import lstmcli.runtime as r, sys; r.keep_freed_memory = lambda: None; " \
+                         "from lstmcli.cli import main; sys.exit(main())"
+        rates, peaks = {"kept": [], "glibc": []}, {"kept": [], "glibc": []}
+        for repeat in range(1 if self.quick else 3):  # interleaved, so that drift of the machine hits both
+            for name, launcher in (("glibc", ["-c", glibc_defaults]), ("kept", ["-m", "lstmcli"])):
+                out = self.work / f"allocator-{name}"
+                process = subprocess.Popen([sys.executable, *launcher, *flags, "--output-dir", str(out)], cwd=ROOT,
+                                           env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                peaks[name].append(peak_rss_mb(process))
+                assert process.returncode == 0, process.stderr.read().decode()
+                rates[name].append(json.loads((out / "log.jsonl").read_text().splitlines()[-1])["train_tokens_per_second"])
+        self.details["allocator"] = dict(tokens_per_second=rates, peak_rss_mb=peaks)
+        ratio = statistics.median(k / g for k, g in zip(rates["kept"], rates["glibc"]))
+        self.row("allocator", "training tokens/s, freed memory kept vs glibc's defaults", statistics.median(rates["kept"]),
+                 statistics.median(rates["glibc"]), "tok/s", ratio=ratio)
+        self.row("allocator", "peak RSS, freed memory kept vs glibc's defaults", statistics.median(peaks["kept"]),
+                 statistics.median(peaks["glibc"]), "MB")
+
     def profile(self):
         print("profile: where a training step's time goes (torch.profiler, self CPU time)")
         from torch.profiler import ProfilerActivity, profile
@@ -743,7 +769,8 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "segments",
-            "packing", "compile", "save", "explain", "processes", "profile", "pretrain", "cold", "backends", "serve"]
+            "packing", "compile", "save", "explain", "processes", "allocator", "profile", "pretrain", "cold", "backends",
+            "serve"]
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -60,7 +61,29 @@ def setup(device: str, precision: str, threads: int) -> Runtime:
     # Gradients decaying back through time turn subnormal and slow the CPU to a crawl (a step measured
     # 3.02 s -> 1.15 s here; epoch 2 of an IMDB run 5x slower than epoch 1 without this).
     torch.set_flush_denormal(True)
+    if chosen_device.type == "cpu":
+        keep_freed_memory()
     return Runtime(chosen_device, choose_precision(precision, chosen_device), chosen_threads, **place)
+
+
+# glibc's mallopt() parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+
+
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep the memory a step frees for the next step, instead of returning it to the
+    system. A training step frees and allocates again buffers of tens of MB (a BiLSTM-128's gates over 64
+    texts of 512 tokens: 67 MB a direction); by default glibc maps each such buffer afresh and unmaps it
+    on free, so every step pays a page fault per 4 KB touched (about 100,000 a second, a fifth of the time
+    spent in the kernel). Kept: the IMDB recipe trains about 1.25x faster, for about a third more peak
+    memory. One arena, so that threads do not each keep their own. Elsewhere than glibc: nothing to do."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return
+    mallopt(M_MMAP_MAX, 0)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    mallopt(M_ARENA_MAX, 1)
 
 
 def choose_device(requested: str, local_rank: int = 0) -> torch.device:
