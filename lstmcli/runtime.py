@@ -75,8 +75,9 @@ def keep_freed_memory() -> None:
     system. A training step frees and allocates again buffers of tens of MB (a BiLSTM-128's gates over 64
     texts of 512 tokens: 67 MB a direction); by default glibc maps each such buffer afresh and unmaps it
     on free, so every step pays a page fault per 4 KB touched (about 100,000 a second, a fifth of the time
-    spent in the kernel). Kept: the IMDB recipe trains about 1.25x faster, for about a third more peak
-    memory. One arena, so that threads do not each keep their own. Elsewhere than glibc: nothing to do."""
+    spent in the kernel). Kept: the IMDB recipe's model trains 1.3x faster (the recipe with adversarial
+    training, 2x), for 1.3x to 2x the peak memory (BENCHMARKS.md). One arena, so that threads do not each keep
+    their own. Elsewhere than glibc: nothing to do."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
