@@ -450,8 +450,9 @@ class Bench:
               "vs its defaults (large buffers mapped afresh each step); IMDB subset, the IMDB recipe's model")
         subset = self.imdb_subset(2000 if self.quick else 4000, "imdb-allocator.jsonl")
         flags = ["train", "--dataset", str(subset), "--bidirectional", "--max-length", "512", "--truncation",
-                 "head-tail", "--embedding-dropout", "0.5", "--epochs", "1", "--max-steps", "20" if self.quick else "60",
-                 "--threads", str(self.num_threads), "--quiet", "--overwrite", "--patience", "0"]
+                 "head-tail", "--embedding-dropout", "0.5", "--epochs", "1",
+                 "--max-steps", "20" if self.quick else "60", "--threads", str(self.num_threads), "--quiet",
+                 "--overwrite", "--patience", "0"]
         # The same CLI with the setting switched off: the one difference between the two children.
         glibc_defaults = "import lstmcli.runtime as r, sys; r.keep_freed_memory = lambda: None; " \
                          "from lstmcli.cli import main; sys.exit(main())"
@@ -463,11 +464,12 @@ class Bench:
                                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 peaks[name].append(peak_rss_mb(process))
                 assert process.returncode == 0, process.stderr.read().decode()
-                rates[name].append(json.loads((out / "log.jsonl").read_text().splitlines()[-1])["train_tokens_per_second"])
+                last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
+                rates[name].append(last["train_tokens_per_second"])
         self.details["allocator"] = dict(tokens_per_second=rates, peak_rss_mb=peaks)
         ratio = statistics.median(k / g for k, g in zip(rates["kept"], rates["glibc"]))
-        self.row("allocator", "training tokens/s, freed memory kept vs glibc's defaults", statistics.median(rates["kept"]),
-                 statistics.median(rates["glibc"]), "tok/s", ratio=ratio)
+        self.row("allocator", "training tokens/s, freed memory kept vs glibc's defaults",
+                 statistics.median(rates["kept"]), statistics.median(rates["glibc"]), "tok/s", ratio=ratio)
         self.row("allocator", "peak RSS, freed memory kept vs glibc's defaults", statistics.median(peaks["kept"]),
                  statistics.median(peaks["glibc"]), "MB")
 
@@ -769,8 +771,8 @@ def write_generated(folder: Path, rows: int) -> None:
 
 
 SECTIONS = ["step", "pipeline", "padding", "accuracy", "predict", "memory", "threads", "precision", "segments",
-            "packing", "compile", "save", "explain", "processes", "allocator", "profile", "pretrain", "cold", "backends",
-            "serve"]
+            "packing", "compile", "save", "explain", "processes", "allocator", "profile", "pretrain", "cold",
+            "backends", "serve"]
 
 
 def main() -> None:

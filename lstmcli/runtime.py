@@ -76,7 +76,7 @@ def keep_freed_memory() -> None:
     texts of 512 tokens: 67 MB a direction); by default glibc maps each such buffer afresh and unmaps it
     on free, so every step pays a page fault per 4 KB touched (about 100,000 a second, a fifth of the time
     spent in the kernel). Kept: the IMDB recipe's model trains 1.3x faster (the recipe with adversarial
-    training, 2x), for 1.3x to 2x the peak memory (BENCHMARKS.md). No more arenas than cores, so that a few
+    training, 2x), for 1.4x to 2x the peak memory (BENCHMARKS.md). No more arenas than cores, so that a few
     threads do not each keep their own (one arena made the tokenizer's threads queue for it: 2-3x slower).
     Elsewhere than glibc: nothing to do."""
     try:
