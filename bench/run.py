@@ -454,7 +454,7 @@ class Bench:
                  "--max-steps", "20" if self.quick else "60", "--threads", str(self.num_threads), "--quiet",
                  "--overwrite", "--patience", "0"]
         # The same CLI with the setting switched off: the one difference between the two children.
-        glibc_defaults = "import lstmcli.runtime as r, sys; r.keep_freed_memory = lambda: None; " \
+        glibc_defaults = "import lstmcli.loop as l, sys; l.keep_freed_memory = lambda: None; " \
                          "from lstmcli.cli import main; sys.exit(main())"
         rates, peaks = {"kept": [], "glibc": []}, {"kept": [], "glibc": []}
         for repeat in range(1 if self.quick else 3):  # interleaved, so that drift of the machine hits both

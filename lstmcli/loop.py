@@ -24,7 +24,7 @@ from . import checkpoint, distributed
 from .batching import prefetch, to_device
 from .config import Config
 from .errors import Interrupted, UserError
-from .runtime import Runtime
+from .runtime import Runtime, keep_freed_memory
 from .terminal import Reporter, Throughput, human
 
 SAVE_INTERVAL_SECONDS = 600  # a resumable state at least this often, besides every evaluation
@@ -101,6 +101,8 @@ def fit(objective: Objective, config: Config, runtime: Runtime, out: Path, recor
         resume: bool, command: str = "train", hooks: Hooks | None = None) -> Outcome:
     """Train `objective` as `config` says, saving into `out`; returns with the best weights loaded.
     `command` is the lstmcli command that continues the run after an interruption."""
+    if runtime.device.type == "cpu":  # from here, not before: memory that reading and tokenizing free goes back
+        keep_freed_memory()
     weights = prepare_weights(objective, config, runtime)
     position = starting_position(out, weights, runtime, report, resume=resume)
     training = Training(objective, config, runtime, out, record, report, hooks or Hooks(), command, weights,

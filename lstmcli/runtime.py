@@ -61,8 +61,6 @@ def setup(device: str, precision: str, threads: int) -> Runtime:
     # Gradients decaying back through time turn subnormal and slow the CPU to a crawl (a step measured
     # 3.02 s -> 1.15 s here; epoch 2 of an IMDB run 5x slower than epoch 1 without this).
     torch.set_flush_denormal(True)
-    if chosen_device.type == "cpu":
-        keep_freed_memory()
     return Runtime(chosen_device, choose_precision(precision, chosen_device), chosen_threads, **place)
 
 

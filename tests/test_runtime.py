@@ -1,4 +1,4 @@
-"""The process-wide CPU settings that runtime.setup makes for every command."""
+"""The process-wide CPU settings of lstmcli.runtime."""
 
 import ctypes
 import subprocess
@@ -11,13 +11,13 @@ import pytest
 # 128) allocated, then the heap's size once it is freed, as a training step frees it.
 ONE_STEP = """
 import ctypes, torch
-from lstmcli.runtime import setup
+from lstmcli.runtime import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
-setup("cpu", "fp32", 1)
+keep_freed_memory()
 gates = torch.ones(64 * 512 * 4 * 128)
 held = libc.mallinfo2()
 del gates
