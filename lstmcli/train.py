@@ -94,7 +94,9 @@ def _train(config: Config, held: contextlib.ExitStack, *, resume: bool, overwrit
                  splits=record["data"]["splits"], train=dict(rows=record["data"]["rows"]["train"],
                                                              steps=outcome.position["step"], seconds=outcome.seconds,
                                                              stopped_by_deadline=outcome.stopped_by_deadline))
-    if data.test is not None:
+    if data.test is data.validation:
+        final["test"] = validation
+    elif data.test is not None:
         final["test"] = split_metrics(outcome.kept, data.test.encoded, data.test_classes, data.labels, config, runtime)
     if runtime.is_main:
         checkpoint.write_json(out / checkpoint.METRICS, final)
@@ -348,7 +350,9 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
 
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
-    test = tokenize("test", splits.test, None) if splits.test else None
+    # --eval-split test validates on the test split itself: read and tokenize it once
+    test = (None if splits.test is None else validation if splits.test == splits.validation
+            else tokenize("test", splits.test, None))
     parts = {name: part for name, part in (("train", train), ("validation", validation), ("test", test))
              if part is not None}
     rows_per_split = count_rows(parts, config, runtime)

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from conftest import CLASS_WORDS, TINY, TINY_SETTINGS, assert_one_line_error, make_rows, named, write_jsonl
+from lstmcli import tokenized
 from lstmcli.config import Config
 from lstmcli.data import choose_splits, open_source, pick_column, pick_columns, read_rows
 from lstmcli.errors import UserError
@@ -216,8 +217,9 @@ def test_a_wordlevel_tokenizer_warns_when_most_words_are_very_long():
 
 # -- which split picks the checkpoint --------------------------------------------------------------------------
 
-def test_train_and_test_only_holds_out_part_of_train_and_reports_test(tmp_path, cli):
-    """IMDB as the Hub has it: the test split never picks the best checkpoint unless asked, with a warning."""
+def test_train_and_test_only_holds_out_part_of_train_and_reports_test(tmp_path, cli, monkeypatch):
+    """IMDB as the Hub has it: the test split never picks the best checkpoint unless asked, with a warning (and
+    then it is read and tokenized once, as validation and test)."""
     write_jsonl(tmp_path / "two" / "train.jsonl", named(make_rows(400, seed=1)))
     write_jsonl(tmp_path / "two" / "test.jsonl", named(make_rows(100, seed=2)))
     splits = choose_splits(open_source(str(tmp_path / "two")), "train", None)
@@ -227,8 +229,16 @@ def test_train_and_test_only_holds_out_part_of_train_and_reports_test(tmp_path, 
     assert "validation 10% of 'train' held out by text hash, test 'test'" in err and "optimistic" not in err
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["test"]["num_examples"] == 100 and metrics["validation"]["num_examples"] < 80
+    tokenized_roles, build = [], tokenized.build
+
+    def counted_build(folder, *args, **kwargs):
+        tokenized_roles.append(folder.name)
+        return build(folder, *args, **kwargs)
+
+    monkeypatch.setattr(tokenized, "build", counted_build)
     code, out, err = cli("train", "--dataset", tmp_path / "two", "--eval-split", "test", "--output-dir", tmp_path / "b",
                          *TINY[:-1])
     assert code == 0, err
     assert "warning: validating on 'test'" in err and "optimistic" in err
     assert json.loads(out)["test"] == json.loads(out)["validation"]
+    assert tokenized_roles == ["train", "validation"]
