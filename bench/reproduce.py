@@ -172,7 +172,7 @@ def row(test_set: str, setting: str, recipe: str | None, trained_on: str, goal: 
                 fasttext_seconds=round(anchor["train_seconds"], 1), fasttext_settings=anchor["settings"],
                 seeds={str(r["seed"]): round(r["accuracy"], 4) for r in runs},
                 validation={str(r["seed"]): round(r["validation_accuracy"], 4) for r in runs},
-                date=time.strftime("%Y-%m-%d"))
+                date=time.strftime("%Y-%m-%d"), machine=f"{cpu_name()}, {os.cpu_count()} cores")
 
 
 def train_and_evaluate(name: str, train_args: list[str], test_set: str, seed: int) -> dict:
@@ -218,16 +218,17 @@ def write_results(rows: list[dict]) -> None:
     lines = [
         "# Results: lstmcli recipes against fastText",
         "",
-        f"Written by `make reproduce` (`python bench/reproduce.py`): {cpu_name()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}; each row's date is in bench/reproduce.json, which holds these rows as data. "
+        f"Written by `make reproduce` (`python bench/reproduce.py`), Python {platform.python_version()}; `--only` "
+        "reruns some rows and keeps the others, so rows may come from different machines and days (each row's "
+        "machine is in the table, its date in bench/reproduce.json, which holds these rows as data). "
         "'labels only' recipes train from scratch (no pretrained vectors, no outside text) and are scored on "
         "their set's test split with `lstmcli eval`; fastText (supervised, bigrams, 2 threads, shuffled input) "
         "ran on the same splits in the same run. Test accuracy is the mean over the seeds listed (each seed's "
         "figure, and the validation accuracy it was chosen by, in reproduce.json); times are per run.",
         "",
         "| set | setting | recipe | trained on | seeds | test accuracy | macro-F1 | goal | train time | total time | "
-        "fastText (same run) | beats fastText |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "fastText (same run) | beats fastText | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         recipe = f"[`{r['recipe']}`]({r['recipe']})" if r["recipe"] else "none: defaults"
@@ -235,7 +236,7 @@ def write_results(rows: list[dict]) -> None:
                      f"{', '.join(r['seeds'])} | **{r['accuracy']:.4f}** | {r['macro_f1']:.4f} | {r['goal']:.3f} "
                      f"{'(met)' if r['accuracy'] >= r['goal'] else '(not met)'} | {r['train_minutes']:.1f} min | "
                      f"{r['minutes']:.1f} min{pretraining(r)} | {r['fasttext']:.4f} in {r['fasttext_seconds']:.1f} s | "
-                     f"{'yes' if r['accuracy'] > r['fasttext'] else 'no'} |")
+                     f"{'yes' if r['accuracy'] > r['fasttext'] else 'no'} | {r.get('machine', 'not recorded')} |")
     lines += ["", "Train time is the training loop with its evaluations; total time adds starting, reading, "
               "tokenizing and the final test evaluation (and, in brackets, pretraining on the unlabelled text: "
               "done once, shared by the rows that start from it). fastText's settings: "
