@@ -654,8 +654,12 @@ class SplitChoice:
         return f"train {self.train!r}, validation {validation}, test {test}"
 
     @property
+    def validates_on_test(self) -> bool:
+        return self.validation is not None and self.validation == self.test
+
+    @property
     def warning(self) -> str | None:
-        if self.validation is None or self.validation != self.test:
+        if not self.validates_on_test:
             return None
         return (f"validating on {self.test!r} picks the best checkpoint and stops early on the split reported as "
                 "test, so its test score is optimistic; leave out --eval-split to hold out part of train instead.")

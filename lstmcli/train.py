@@ -350,9 +350,8 @@ def prepare_data(opened: TrainingSource, config: Config, runtime: Runtime, repor
 
     train = tokenize("train", splits.train, train_holdout)
     validation = tokenize("validation", splits.validation, True if splits.validation is None else None)
-    # --eval-split test validates on the test split itself: read and tokenize it once
-    test = (None if splits.test is None else validation if splits.test == splits.validation
-            else tokenize("test", splits.test, None))
+    test = (validation if splits.validates_on_test  # read and tokenized once, as both
+            else tokenize("test", splits.test, None) if splits.test else None)
     parts = {name: part for name, part in (("train", train), ("validation", validation), ("test", test))
              if part is not None}
     rows_per_split = count_rows(parts, config, runtime)
